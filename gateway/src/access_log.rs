@@ -1,0 +1,119 @@
+//! JSON access log: one line per request, written by a dedicated thread.
+//!
+//! The request path hands a [`LogEntry`] to a bounded channel with `try_send`; when the
+//! writer falls behind, the line is dropped and counted
+//! (`weir_access_log_dropped_total`), so logging never blocks a request.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+pub struct LogEntry {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub upstream_target: Option<Arc<str>>,
+    pub duration_ms: f64,
+    pub upstream_duration_ms: Option<f64>,
+    pub user_agent: String,
+    pub error: Option<&'static str>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// The sending half; cheap to clone into the proxy.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<LogEntry>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// Opens the output and starts the writer thread. `output` is `stdout`, `stderr`,
+    /// `off`, or a file path (appended to).
+    pub fn start(output: &str, buffer: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match output {
+            "off" => return Ok(AccessLog { tx: None, metrics }),
+            "stdout" => Box::new(std::io::stdout()),
+            "stderr" => Box::new(std::io::stderr()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(buffer);
+        std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || writer(rx, sink))?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a line; drops and counts it when the buffer is full.
+    pub fn log(&self, entry: LogEntry) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(entry) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.metrics
+                        .access_log_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn writer(rx: Receiver<LogEntry>, sink: Box<dyn Write + Send>) {
+    const FLUSH_EVERY: Duration = Duration::from_millis(100);
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut line = Vec::with_capacity(512);
+    let mut last_flush = Instant::now();
+    loop {
+        // Lines reach the output within FLUSH_EVERY at any rate, in large writes at high rates.
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(entry) => {
+                line.clear();
+                if serde_json::to_writer(&mut line, &entry).is_ok() {
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            let _ = out.flush();
+            last_flush = Instant::now();
+        }
+    }
+    let _ = out.flush();
+}

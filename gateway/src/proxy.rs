@@ -1,0 +1,630 @@
+//! The request path: Pingora's `ProxyHttp` hooks, in the order a request meets them.
+//!
+//! 1. `request_filter`: pin the current snapshot, check framing, settle the request id,
+//!    match the route; answer directly (direct response, 404, 400) or continue.
+//! 2. `upstream_peer`: pick a healthy target (skipping the ones already tried).
+//! 3. `upstream_request_filter`: path rewrite, forwarding headers, route header edits.
+//! 4. `upstream_response_filter` / `response_filter`: timing, passive health, response
+//!    header edits, `x-request-id`.
+//! 5. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retries, ejection, and
+//!    the JSON error body ([`crate::error`]).
+//! 6. `logging`: metrics and the access-log line.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, USER_AGENT};
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::access_log::{AccessLog, LogEntry};
+use crate::error::{self, ErrorKind};
+use crate::gateway::Gateway;
+use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
+use crate::upstream::{InflightGuard, NoTarget};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The proxy service. Holds only shared, read-mostly state; everything about one
+/// request lives in [`RequestCtx`].
+pub struct WeirProxy {
+    pub gateway: Arc<Gateway>,
+    pub access_log: AccessLog,
+    /// Random per process, so request ids from restarts do not collide.
+    id_prefix: u64,
+    id_counter: std::sync::atomic::AtomicU64,
+}
+
+impl WeirProxy {
+    pub fn new(gateway: Arc<Gateway>, access_log: AccessLog) -> Self {
+        WeirProxy {
+            gateway,
+            access_log,
+            id_prefix: rand::random(),
+            id_counter: Default::default(),
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.id_prefix, n)
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<usize>,
+    matched_len: usize,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    /// Bit set of target indexes already tried.
+    tried: u64,
+    attempts: usize,
+    target: Option<usize>,
+    inflight: Option<InflightGuard>,
+    upstream_start: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    /// Set when Weir decided the outcome itself (it wins over pingora's classification).
+    error: Option<ErrorKind>,
+    /// Status of a response Weir wrote itself.
+    local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn route<'a>(&self, snap: &'a Snapshot) -> Option<&'a Route> {
+        self.route.and_then(|i| snap.routes.get(i))
+    }
+}
+
+/// A client-supplied id is kept when it is short and plain.
+fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Pingora keeps Transfer-Encoding and silently drops Content-Length when a request has
+/// both; look at the raw head to see whether it had both (request smuggling defence).
+fn has_ambiguous_framing(session: &Session) -> bool {
+    let req = session.req_header();
+    if !req.headers.contains_key(TRANSFER_ENCODING) {
+        return false;
+    }
+    if req.headers.contains_key(CONTENT_LENGTH) {
+        return true;
+    }
+    session
+        .as_http1()
+        .map(|h1| {
+            let raw = h1.get_headers_raw_bytes();
+            raw.split(|&b| b == b'\n')
+                .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        })
+        .unwrap_or(false)
+}
+
+fn apply_request_edits(h: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
+    for name in &edits.remove {
+        h.remove_header(name);
+    }
+    for (n, v) in &edits.set {
+        h.insert_header(n.clone(), v.clone())?;
+    }
+    for (n, v) in &edits.add {
+        h.append_header(n.clone(), v.clone())?;
+    }
+    Ok(())
+}
+
+fn apply_response_edits(h: &mut ResponseHeader, edits: &HeaderEdits) -> Result<()> {
+    for name in &edits.remove {
+        h.remove_header(name);
+    }
+    for (n, v) in &edits.set {
+        h.insert_header(n.clone(), v.clone())?;
+    }
+    for (n, v) in &edits.add {
+        h.append_header(n.clone(), v.clone())?;
+    }
+    Ok(())
+}
+
+/// Writes a complete response that Weir produced itself.
+async fn respond(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    headers: &[(HeaderName, HeaderValue)],
+    content_type: Option<&'static str>,
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    if let Some(ct) = content_type {
+        resp.insert_header(CONTENT_TYPE, ct)?;
+    }
+    for (n, v) in headers {
+        resp.append_header(n.clone(), v.clone())?;
+    }
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    ctx.local_status = Some(status);
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), body.is_empty() || head_only)
+        .await?;
+    if !body.is_empty() && !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, kind: ErrorKind) -> Result<()> {
+    ctx.error = Some(kind);
+    let body = error::json_body(kind, &ctx.request_id);
+    respond(
+        session,
+        ctx,
+        kind.status(),
+        &[],
+        Some("application/json"),
+        Bytes::from(body),
+    )
+    .await
+}
+
+#[async_trait]
+impl ProxyHttp for WeirProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        // Paired with the decrement in `logging`, which pingora runs for every request.
+        self.gateway
+            .metrics
+            .active_requests
+            .fetch_add(1, Ordering::Relaxed);
+        RequestCtx {
+            start: Instant::now(),
+            snapshot: None,
+            route: None,
+            matched_len: 0,
+            request_id: String::new(),
+            client_ip: None,
+            tried: 0,
+            attempts: 0,
+            target: None,
+            inflight: None,
+            upstream_start: None,
+            upstream_elapsed: None,
+            error: None,
+            local_status: None,
+        }
+    }
+
+    /// Pins the snapshot, settles the request id, matches the route; answers locally
+    /// when the route says so or nothing matches.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = self.gateway.current.load_full();
+        ctx.snapshot = Some(snap.clone());
+
+        match session.req_header().headers.get(X_REQUEST_ID) {
+            Some(v) if sane_request_id(v) => {
+                ctx.request_id = v.to_str().unwrap_or_default().to_string();
+            }
+            _ => {
+                ctx.request_id = self.next_request_id();
+                let id = ctx.request_id.clone();
+                session.req_header_mut().insert_header(X_REQUEST_ID, id)?;
+            }
+        }
+
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| crate::net::canonical(a.ip()));
+        ctx.client_ip = peer.map(|p| {
+            if snap.trusted.is_empty() {
+                p
+            } else {
+                snap.trusted.client_ip(
+                    p,
+                    session
+                        .req_header()
+                        .headers
+                        .get(X_FORWARDED_FOR)
+                        .map(|v| v.as_bytes()),
+                )
+            }
+        });
+
+        if snap.config.server.reject_ambiguous_framing && has_ambiguous_framing(session) {
+            respond_error(session, ctx, ErrorKind::BadRequest).await?;
+            return Ok(true);
+        }
+
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
+        let found = snap
+            .router
+            .lookup(host, req.uri.path(), &req.method, &req.headers);
+        let Some(m) = found else {
+            respond_error(session, ctx, ErrorKind::NoRoute).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(m.route);
+        ctx.matched_len = m.matched_len;
+        let route = &snap.routes[m.route];
+        if let Action::Respond {
+            status,
+            body,
+            headers,
+        } = &route.action
+        {
+            respond(session, ctx, *status, headers, None, body.clone()).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Picks a target; each retry lands here again and skips targets already tried.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let snap = ctx
+            .snapshot
+            .clone()
+            .ok_or_else(|| Error::explain(InternalError, "no snapshot pinned"))?;
+        let Some(Action::Proxy(up)) = ctx.route(&snap).map(|r| &r.action) else {
+            return Err(Error::explain(InternalError, "route without upstream"));
+        };
+        let ip_bytes;
+        let key: &[u8] = {
+            let req = session.req_header();
+            match up
+                .hash_on()
+                .and_then(|h| h.key(req.uri.path(), &req.headers))
+            {
+                Some(k) => k,
+                None => {
+                    ip_bytes = match ctx.client_ip {
+                        Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
+                        Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
+                        None => Ipv4Addr::UNSPECIFIED.octets().to_vec(),
+                    };
+                    &ip_bytes
+                }
+            }
+        };
+        let i = match up.select(key, ctx.tried) {
+            Ok(i) => i,
+            Err(NoTarget::AllUnhealthy) => {
+                ctx.error = Some(ErrorKind::NoHealthyUpstream);
+                return Err(Error::explain(
+                    HTTPStatus(503),
+                    format!("upstream `{}`: no healthy target", up.name),
+                ));
+            }
+            Err(NoTarget::Exhausted) => {
+                // Keep the classification of the failure that used up the targets.
+                ctx.error.get_or_insert(ErrorKind::UpstreamConnect);
+                return Err(Error::explain(
+                    ConnectError,
+                    format!("upstream `{}`: every healthy target failed", up.name),
+                ));
+            }
+        };
+        ctx.tried |= 1u64 << (i % 64);
+        ctx.attempts += 1;
+        ctx.target = Some(i);
+        ctx.error = None;
+        ctx.inflight = Some(up.start_request(i));
+        ctx.upstream_start = Some(Instant::now());
+
+        let target = &up.targets[i];
+        let cfg = &up.config;
+        let (tls, sni) = match &cfg.tls {
+            Some(t) => (
+                true,
+                t.sni.clone().unwrap_or_else(|| {
+                    target
+                        .label
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.to_string())
+                        .unwrap_or_default()
+                }),
+            ),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(target.addr, tls, sni);
+        let t = &cfg.timeouts;
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout = Some(t.idle.get());
+        if let Some(tlscfg) = &cfg.tls {
+            peer.options.verify_cert = tlscfg.verify;
+            peer.options.verify_hostname = tlscfg.verify;
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Rewrites the path, sets forwarding headers, applies the route's header edits.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(snap) = ctx.snapshot.clone() else {
+            return Ok(());
+        };
+        let Some(route) = ctx.route(&snap) else {
+            return Ok(());
+        };
+        if route.strip_prefix || route.rewrite_path.is_some() {
+            let uri = &upstream_request.uri;
+            let path = uri.path();
+            let rest = path.get(ctx.matched_len..).unwrap_or("");
+            let mut new_path = match &route.rewrite_path {
+                Some(p) => {
+                    let mut s = p.trim_end_matches('/').to_string();
+                    if !rest.starts_with('/') {
+                        s.push('/');
+                    }
+                    s.push_str(rest);
+                    s
+                }
+                None if rest.starts_with('/') => rest.to_string(),
+                None => format!("/{rest}"),
+            };
+            if let Some(q) = uri.query() {
+                new_path.push('?');
+                new_path.push_str(q);
+            }
+            let new_uri = http::Uri::builder()
+                .path_and_query(new_path)
+                .build()
+                .map_err(|e| Error::because(InternalError, "rewriting the path", e))?;
+            upstream_request.set_uri(new_uri);
+        }
+
+        // Forwarding headers: believe the client's only when the peer is a trusted proxy.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| crate::net::canonical(a.ip()));
+        let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
+        if let Some(p) = peer {
+            let xff = match upstream_request.headers.get(X_FORWARDED_FOR) {
+                Some(prev) if trusted => {
+                    let mut v = prev.as_bytes().to_vec();
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(p.to_string().as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| {
+                        HeaderValue::from_str(&p.to_string())
+                            .unwrap_or(HeaderValue::from_static(""))
+                    })
+                }
+                _ => HeaderValue::from_str(&p.to_string()).unwrap_or(HeaderValue::from_static("")),
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            upstream_request
+                .insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+            let host = upstream_request.headers.get(HOST).cloned().or_else(|| {
+                upstream_request
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            if let Some(h) = host {
+                upstream_request.insert_header(X_FORWARDED_HOST, h)?;
+            }
+        }
+        if !route.request_headers.is_empty() {
+            apply_request_edits(upstream_request, &route.request_headers)?;
+        }
+        Ok(())
+    }
+
+    /// The target answered: record its latency and clear its passive failure count.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(start) = ctx.upstream_start {
+            ctx.upstream_elapsed = Some(start.elapsed());
+        }
+        if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
+            if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
+                up.report_success(i);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(route) = ctx.snapshot.as_deref().and_then(|s| ctx.route(s)) {
+            if !route.response_headers.is_empty() {
+                apply_response_edits(upstream_response, &route.response_headers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Connect failures count toward passive ejection and are retried on another
+    /// target while the upstream's `retries` allow.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.error = ErrorKind::from_pingora(&e);
+        if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
+            if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
+                up.report_failure(i);
+                ctx.inflight = None;
+                e.set_retry(ctx.attempts <= up.config.retries);
+            }
+        }
+        e
+    }
+
+    /// Errors after connecting (reset, timeout) count toward passive ejection. Retry
+    /// follows pingora's default policy: idempotent requests on reused connections.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.error = ErrorKind::from_pingora(&e);
+            if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
+                if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
+                    up.report_failure(i);
+                }
+            }
+        }
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Answers a failed request with the JSON error body.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let kind = ctx.error.or_else(|| ErrorKind::from_pingora(e));
+        ctx.error = kind;
+        let code = match kind {
+            Some(kind) if session.response_written().is_none() => {
+                if let Err(we) = respond_error(session, ctx, kind).await {
+                    tracing::debug!(error = %we, "could not send the error response");
+                }
+                kind.status()
+            }
+            Some(kind) => kind.status(),
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Metrics and the access-log line; runs once per request, whatever happened.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.inflight = None;
+        let metrics = &self.gateway.metrics;
+        metrics.active_requests.fetch_sub(1, Ordering::Relaxed);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        let snap = ctx.snapshot.as_deref();
+        let route = snap.and_then(|s| ctx.route(s));
+        match route {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => metrics.unmatched.record(status, elapsed),
+        }
+        let upstream = route.and_then(|r| match &r.action {
+            Action::Proxy(up) => Some(up),
+            Action::Respond { .. } => None,
+        });
+        if let (Some(up), Some(s), Some(d)) = (upstream, snap, ctx.upstream_elapsed) {
+            if let Some(i) = s.upstreams.iter().position(|u| Arc::ptr_eq(u, up)) {
+                s.upstream_metrics[i].observe(d);
+            }
+        }
+        if !self.access_log.enabled() {
+            return;
+        }
+        let req = session.req_header();
+        let error = ctx
+            .error
+            .or_else(|| e.and_then(ErrorKind::from_pingora))
+            .map(ErrorKind::code);
+        self.access_log.log(LogEntry {
+            time: SystemTime::now(),
+            request_id: std::mem::take(&mut ctx.request_id),
+            client_ip: ctx.client_ip,
+            method: req.method.as_str().to_string(),
+            host: req
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host())
+                .unwrap_or("")
+                .to_string(),
+            path: req.uri.path().to_string(),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            route: route.map(|r| r.name.clone()),
+            upstream: upstream.map(|u| u.name.clone()),
+            upstream_target: upstream
+                .zip(ctx.target)
+                .and_then(|(u, i)| u.targets.get(i))
+                .map(|t| t.label.clone()),
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            upstream_duration_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+            user_agent: req
+                .headers
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            error,
+        });
+    }
+}

@@ -1,0 +1,224 @@
+//! Assembles the Pingora server: the proxy service and its listeners, the admin API,
+//! and the background work (health checks, config watching, SIGHUP).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::AdminApi;
+use crate::config::{ConfigError, ConfigErrors};
+use crate::gateway::Gateway;
+use crate::proxy::WeirProxy;
+use crate::tls::SniCallback;
+
+/// How `weir run` was asked to start.
+pub struct RunOptions {
+    /// Take over listeners from a running Weir (Pingora's graceful upgrade).
+    pub upgrade: bool,
+    /// The socket the old and new processes exchange listeners on.
+    pub upgrade_sock: String,
+}
+
+/// Loads the config, binds everything and serves until SIGTERM/SIGINT.
+pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), ConfigErrors> {
+    let gateway = Arc::new(Gateway::load(config_path)?);
+    let snap = gateway.snapshot();
+    let cfg = snap.config.clone();
+    if !opts.upgrade {
+        check_ports_free(config_path, &cfg)?;
+    }
+
+    let server_conf = || ServerConf {
+        threads: cfg.server.threads,
+        // No extra wait before draining: the grace period is the drain timeout.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period.get().as_secs().max(1)),
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool,
+        upgrade_sock: opts.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let conf = Arc::new(server_conf());
+    let mut server = Server::new_with_opt_and_conf(
+        Opt {
+            upgrade: opts.upgrade,
+            ..Opt::default()
+        },
+        server_conf(),
+    );
+    server.bootstrap();
+
+    let metrics = gateway.metrics.clone();
+    let access_log = AccessLog::start(&cfg.access_log.output, cfg.access_log.buffer, metrics)
+        .map_err(|e| {
+            ConfigErrors::one(ConfigError::new(
+                config_path,
+                None,
+                "access_log.output",
+                format!("cannot open `{}`: {e}", cfg.access_log.output),
+            ))
+        })?;
+
+    let proxy = WeirProxy::new(gateway.clone(), access_log);
+    let mut service = ProxyServiceBuilder::new(&conf, proxy)
+        .name("weir proxy")
+        .server_options({
+            let mut o = HttpServerOptions::default();
+            o.h2c = cfg.server.h2c;
+            o
+        })
+        .build();
+    for addr in &cfg.server.listen {
+        service.add_tcp(addr);
+    }
+    if let Some(tls) = &cfg.server.tls {
+        for addr in &tls.listen {
+            let mut settings = TlsSettings::with_callbacks(Box::new(SniCallback {
+                current: gateway.current.clone(),
+            }))
+            .map_err(|e| {
+                ConfigErrors::one(ConfigError::new(
+                    config_path,
+                    None,
+                    "server.tls",
+                    format!("TLS setup failed: {e}"),
+                ))
+            })?;
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(addr, None, settings);
+        }
+    }
+    server.add_service(service);
+
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    if cfg.admin.listen != "off" {
+        let mut admin = Service::new(
+            "weir admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(AdminApi {
+                gateway: gateway.clone(),
+                shutting_down: shutting_down.clone(),
+            }),
+        );
+        admin.add_tcp(&cfg.admin.listen);
+        server.add_service(admin);
+    }
+
+    server.add_service(background_service(
+        "weir control",
+        Control {
+            gateway: gateway.clone(),
+            shutting_down,
+        },
+    ));
+
+    tracing::info!(
+        listen = ?cfg.server.listen,
+        tls = ?cfg.server.tls.as_ref().map(|t| &t.listen),
+        admin = %cfg.admin.listen,
+        generation = snap.generation,
+        "weir started"
+    );
+    server.run_forever();
+}
+
+/// Fails early, with the key's line, when a listen address is taken (Pingora would
+/// otherwise abort deep inside service start-up).
+fn check_ports_free(path: &Path, cfg: &crate::config::Config) -> Result<(), ConfigErrors> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut errors = Vec::new();
+    let mut addrs: Vec<(String, &str)> = cfg
+        .server
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("server.listen[{i}]"), a.as_str()))
+        .collect();
+    if let Some(tls) = &cfg.server.tls {
+        addrs.extend(
+            tls.listen
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("server.tls.listen[{i}]"), a.as_str())),
+        );
+    }
+    if cfg.admin.listen != "off" {
+        addrs.push(("admin.listen".into(), cfg.admin.listen.as_str()));
+    }
+    for (key, addr) in addrs {
+        if let Err(e) = TcpListener::bind(addr) {
+            errors.push(ConfigError::new(
+                path,
+                crate::config::line_of_key(&text, &key),
+                &key,
+                format!("cannot listen on {addr}: {e} (is another process using the port?)"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Background work on Pingora's runtime: active health checks, the config-file
+/// watcher, SIGHUP, and the readiness flag at shutdown.
+struct Control {
+    gateway: Arc<Gateway>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+        let watch = self.gateway.snapshot().config.server.watch_config;
+        let mut watch_tick =
+            tokio::time::interval(self.gateway.snapshot().config.server.watch_interval.get());
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload via the admin API or the file watcher");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.shutting_down.store(true, Ordering::Relaxed);
+                    return;
+                }
+                _ = health_tick.tick() => {
+                    for up in &self.gateway.snapshot().upstreams {
+                        up.run_due_checks();
+                    }
+                }
+                _ = watch_tick.tick(), if watch => {
+                    let gw = self.gateway.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if gw.file_changed() {
+                            let _ = gw.reload("file change");
+                        }
+                    }).await;
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    let gw = self.gateway.clone();
+                    let _ = tokio::task::spawn_blocking(move || gw.reload("SIGHUP")).await;
+                }
+            }
+        }
+    }
+}

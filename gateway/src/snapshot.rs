@@ -1,0 +1,185 @@
+//! A compiled, immutable config generation: what one request sees from start to end.
+//!
+//! Built off the request path from a validated [`Config`]; swapped in whole with
+//! arc-swap. Upstreams whose config did not change are carried over from the previous
+//! snapshot (same `Arc`), keeping their health state and counters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::config::{Config, DirectResponse, HeaderOps};
+use crate::metrics::{Histogram, Metrics, RouteMetrics};
+use crate::net::TrustedProxies;
+use crate::router::Router;
+use crate::tls::{CertStore, CertifiedKey};
+use crate::upstream::Upstream;
+
+/// Header edits compiled to typed names and values.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    fn compile(ops: &HeaderOps) -> HeaderEdits {
+        let pair = |(n, v): (&String, &String)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        HeaderEdits {
+            set: ops.set.iter().filter_map(pair).collect(),
+            add: ops.add.iter().filter_map(pair).collect(),
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// What a matched route does.
+pub enum Action {
+    Proxy(Arc<Upstream>),
+    Respond {
+        status: u16,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+}
+
+/// A compiled route.
+pub struct Route {
+    pub name: Arc<str>,
+    pub action: Action,
+    pub strip_prefix: bool,
+    pub rewrite_path: Option<String>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// One config generation.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Upstream latency histograms, parallel to `upstreams`.
+    pub upstream_metrics: Vec<Arc<Histogram>>,
+    pub trusted: TrustedProxies,
+    pub certs: CertStore,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `previous` lends unchanged upstreams.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Result<Snapshot, String> {
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for uc in &config.upstreams {
+            let reused =
+                previous.and_then(|p| p.upstreams.iter().find(|u| u.config == *uc).cloned());
+            let up = match reused {
+                Some(u) => u,
+                None => Arc::new(
+                    Upstream::build(uc).map_err(|e| format!("upstream `{}`: {e}", uc.name))?,
+                ),
+            };
+            by_name.insert(&uc.name, upstreams.len());
+            upstreams.push(up);
+        }
+        let upstream_metrics = upstreams
+            .iter()
+            .map(|u| metrics.upstream(&u.name))
+            .collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for rc in &config.routes {
+            let action = match (&rc.upstream, &rc.respond) {
+                (Some(name), _) => {
+                    let i = by_name
+                        .get(name.as_str())
+                        .ok_or_else(|| format!("route `{}`: unknown upstream `{name}`", rc.name))?;
+                    Action::Proxy(upstreams[*i].clone())
+                }
+                (
+                    None,
+                    Some(DirectResponse {
+                        status,
+                        body,
+                        headers,
+                    }),
+                ) => Action::Respond {
+                    status: *status,
+                    body: Bytes::from(body.clone()),
+                    headers: headers
+                        .iter()
+                        .filter_map(|(n, v)| {
+                            Some((
+                                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                                HeaderValue::from_str(v).ok()?,
+                            ))
+                        })
+                        .collect(),
+                },
+                (None, None) => return Err(format!("route `{}` has no action", rc.name)),
+            };
+            routes.push(Route {
+                name: rc.name.as_str().into(),
+                action,
+                strip_prefix: rc.strip_prefix,
+                rewrite_path: rc.rewrite_path.clone(),
+                request_headers: HeaderEdits::compile(&rc.request_headers),
+                response_headers: HeaderEdits::compile(&rc.response_headers),
+                metrics: metrics.route(&rc.name),
+            });
+        }
+        let certs = match &config.server.tls {
+            Some(tls) => CertStore::new(
+                tls.certs
+                    .iter()
+                    .map(CertifiedKey::load)
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => CertStore::default(),
+        };
+        Ok(Snapshot {
+            generation,
+            router: Router::build(&config.routes),
+            routes,
+            upstream_metrics,
+            upstreams,
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            certs,
+            config: Arc::new(config),
+        })
+    }
+
+    /// (upstream, target, healthy) for metrics and the admin API.
+    pub fn target_health(&self) -> Vec<(String, String, bool)> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| {
+                u.targets
+                    .iter()
+                    .map(|t| (u.name.to_string(), t.label.to_string(), t.is_healthy()))
+            })
+            .collect()
+    }
+}
