@@ -41,10 +41,16 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
+enum Msg {
+    Line(Box<LogEntry>),
+    /// Flush, then acknowledge (shutdown).
+    Flush(SyncSender<()>),
+}
+
 /// The sending half; cheap to clone into the proxy.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<LogEntry>>,
+    tx: Option<SyncSender<Msg>>,
     metrics: Arc<Metrics>,
 }
 
@@ -80,7 +86,7 @@ impl AccessLog {
     /// Queues a line; drops and counts it when the buffer is full.
     pub fn log(&self, entry: LogEntry) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(entry) {
+            match tx.try_send(Msg::Line(Box::new(entry))) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.metrics
@@ -90,9 +96,19 @@ impl AccessLog {
             }
         }
     }
+
+    /// Writes out everything queued so far (bounded wait); used before the process exits.
+    pub fn flush(&self, timeout: Duration) {
+        if let Some(tx) = &self.tx {
+            let (ack_tx, ack_rx) = sync_channel(1);
+            if tx.send(Msg::Flush(ack_tx)).is_ok() {
+                let _ = ack_rx.recv_timeout(timeout);
+            }
+        }
+    }
 }
 
-fn writer(rx: Receiver<LogEntry>, sink: Box<dyn Write + Send>) {
+fn writer(rx: Receiver<Msg>, sink: Box<dyn Write + Send>) {
     const FLUSH_EVERY: Duration = Duration::from_millis(100);
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut line = Vec::with_capacity(512);
@@ -100,7 +116,12 @@ fn writer(rx: Receiver<LogEntry>, sink: Box<dyn Write + Send>) {
     loop {
         // Lines reach the output within FLUSH_EVERY at any rate, in large writes at high rates.
         match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(entry) => {
+            Ok(Msg::Flush(ack)) => {
+                let _ = out.flush();
+                let _ = ack.send(());
+                continue;
+            }
+            Ok(Msg::Line(entry)) => {
                 line.clear();
                 if serde_json::to_writer(&mut line, &entry).is_ok() {
                     line.push(b'\n');

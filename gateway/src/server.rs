@@ -42,9 +42,10 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), ConfigErrors> {
 
     let server_conf = || ServerConf {
         threads: cfg.server.threads,
-        // No extra wait before draining: the grace period is the drain timeout.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period.get().as_secs().max(1)),
+        // Pingora keeps serving in-flight requests for the grace period after SIGTERM;
+        // `Control` exits earlier as soon as none is left.
+        grace_period_seconds: Some(cfg.server.grace_period.get().as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool,
         upgrade_sock: opts.upgrade_sock.clone(),
         ..ServerConf::default()
@@ -70,7 +71,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), ConfigErrors> {
             ))
         })?;
 
-    let proxy = WeirProxy::new(gateway.clone(), access_log);
+    let proxy = WeirProxy::new(gateway.clone(), access_log.clone());
     let mut service = ProxyServiceBuilder::new(&conf, proxy)
         .name("weir proxy")
         .server_options({
@@ -121,6 +122,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), ConfigErrors> {
         Control {
             gateway: gateway.clone(),
             shutting_down,
+            access_log,
         },
     ));
 
@@ -179,6 +181,28 @@ fn check_ports_free(path: &Path, cfg: &crate::config::Config) -> Result<(), Conf
 struct Control {
     gateway: Arc<Gateway>,
     shutting_down: Arc<AtomicBool>,
+    access_log: AccessLog,
+}
+
+impl Control {
+    /// After SIGTERM: listeners are closed; wait for in-flight requests to finish, then
+    /// flush the access log and exit without sitting out the rest of the grace period
+    /// (pingora itself would sleep it whole, then cancel whatever is still running).
+    async fn drain_and_exit(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let grace = self.gateway.snapshot().config.server.grace_period.get();
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if self.gateway.metrics.active_requests.load(Ordering::Relaxed) <= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = self.access_log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        tracing::info!("in-flight requests done, exiting");
+        std::process::exit(0);
+    }
 }
 
 #[async_trait]
@@ -198,7 +222,7 @@ impl BackgroundService for Control {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
-                    self.shutting_down.store(true, Ordering::Relaxed);
+                    self.drain_and_exit().await;
                     return;
                 }
                 _ = health_tick.tick() => {

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `weir` binary, real upstream servers, real sockets, all on
+//! 127.0.0.1 ephemeral ports.
+
+mod common;
+
+mod admin;
+mod balancing;
+mod config_files;
+mod reload;
+mod routing;
+mod tls;
