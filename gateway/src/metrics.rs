@@ -75,6 +75,7 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     upstreams: Mutex<BTreeMap<String, Arc<Histogram>>>,
     pub active_requests: AtomicI64,
+    pub downstream_connections: AtomicI64,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
     pub generation: AtomicU64,
@@ -161,6 +162,14 @@ impl Metrics {
                 "gauge",
                 "Requests being served now.",
                 self.active_requests.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "weir_downstream_connections",
+                "gauge",
+                "Open client connections (an HTTP/2 connection counts once).",
+                self.downstream_connections
+                    .load(Ordering::Relaxed)
+                    .to_string(),
             ),
             (
                 "weir_config_generation",

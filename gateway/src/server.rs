@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::protocols::Stream;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -20,6 +21,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApi;
 use crate::config::{ConfigError, ConfigErrors};
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::proxy::WeirProxy;
 use crate::tls::SniCallback;
 
@@ -71,15 +73,18 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), ConfigErrors> {
             ))
         })?;
 
-    let proxy = WeirProxy::new(gateway.clone(), access_log.clone());
-    let mut service = ProxyServiceBuilder::new(&conf, proxy)
-        .name("weir proxy")
-        .server_options({
-            let mut o = HttpServerOptions::default();
-            o.h2c = cfg.server.h2c;
-            o
-        })
-        .build();
+    let mut proxy =
+        pingora::proxy::http_proxy(&conf, WeirProxy::new(gateway.clone(), access_log.clone()));
+    let mut options = HttpServerOptions::default();
+    options.h2c = cfg.server.h2c;
+    proxy.server_options = Some(options);
+    let mut service = Service::new(
+        "weir proxy".to_string(),
+        CountConnections {
+            inner: Arc::new(proxy),
+            metrics: gateway.metrics.clone(),
+        },
+    );
     for addr in &cfg.server.listen {
         service.add_tcp(addr);
     }
@@ -244,5 +249,47 @@ impl BackgroundService for Control {
                 }
             }
         }
+    }
+}
+
+/// Wraps the proxy app to count open downstream connections
+/// (`weir_downstream_connections`). It runs the keep-alive loop that Pingora's
+/// listening service would otherwise run, so a connection is one call here.
+struct CountConnections<A> {
+    inner: Arc<A>,
+    metrics: Arc<Metrics>,
+}
+
+struct ConnectionGuard(Arc<Metrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0
+            .downstream_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountConnections<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.metrics
+            .downstream_connections
+            .fetch_add(1, Ordering::Relaxed);
+        // Decrements even if the task is cancelled at shutdown.
+        let _guard = ConnectionGuard(self.metrics.clone());
+        let mut next = Some(stream);
+        while let Some(s) = next {
+            next = self.inner.process_new(s, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
     }
 }

@@ -106,6 +106,11 @@ fn metrics_count_requests_by_route_and_status_class() {
         assert_eq!(w.get("/missing").status, 404);
     }
     w.get("/ping");
+    // Metrics are recorded in the logging phase, just after the response is sent.
+    assert!(wait_until(Duration::from_secs(5), || {
+        w.metric("weir_http_requests_total{route=\"ping\",status=\"2xx\"}") == Some(1.0)
+            && w.metric("weir_http_requests_total{route=\"none\",status=\"4xx\"}") == Some(3.0)
+    }));
     let m = w.metrics();
     assert_eq!(
         w.metric("weir_http_requests_total{route=\"app\",status=\"2xx\"}"),
@@ -138,6 +143,23 @@ fn metrics_count_requests_by_route_and_status_class() {
     );
     assert!(m.contains("# TYPE weir_http_request_duration_seconds histogram"));
     assert!(m.contains("weir_downstream_requests_active"));
+
+    // Open connections are a gauge: three kept-alive clients, then none.
+    let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(w.addr).unwrap()).collect();
+    for c in &mut conns {
+        assert_eq!(c.send(&Req::get("/ping")).unwrap().status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || w
+            .metric("weir_downstream_connections")
+            == Some(3.0)),
+        "{:?}",
+        w.metric("weir_downstream_connections")
+    );
+    drop(conns);
+    assert!(wait_until(Duration::from_secs(5), || w
+        .metric("weir_downstream_connections")
+        == Some(0.0)));
 }
 
 #[test]

@@ -1,0 +1,35 @@
+//! Shared helpers for Weir's benchmarks: synthetic route tables.
+
+use weir::config::RouteConfig;
+
+/// `n` routes in the shape real gateways carry: per-service prefixes under a few hosts,
+/// some exact paths and a few regexes.
+pub fn synthetic_routes(n: usize) -> Vec<RouteConfig> {
+    (0..n)
+        .map(|i| {
+            let (hosts, paths) = match i % 10 {
+                0 => (vec![], vec![format!("=/svc{i}/health")]),
+                1 => (
+                    vec![format!("tenant{}.example.com", i % 50)],
+                    vec![format!("/svc{i}")],
+                ),
+                2 if i % 100 == 2 => (vec![], vec![format!("~^/re{i}/[0-9]+$")]),
+                _ => (vec![], vec![format!("/api/v{}/svc{i}", i % 3)]),
+            };
+            RouteConfig {
+                name: format!("r{i}"),
+                hosts,
+                paths,
+                methods: vec![],
+                headers: Default::default(),
+                priority: 0,
+                upstream: Some("u".into()),
+                strip_prefix: false,
+                rewrite_path: None,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                respond: None,
+            }
+        })
+        .collect()
+}
