@@ -11,6 +11,8 @@ pub enum ErrorKind {
     NoRoute,
     /// The request is malformed (ambiguous framing, bad header...).
     BadRequest,
+    /// Too many request headers, or too many bytes of them.
+    HeadersTooLarge,
     /// Every target of the route's upstream is unhealthy or ejected.
     NoHealthyUpstream,
     /// No connection to a target could be made (refused, unreachable, TLS failed).
@@ -28,6 +30,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NoRoute => 404,
             ErrorKind::BadRequest => 400,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::NoHealthyUpstream => 503,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -40,6 +43,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::HeadersTooLarge => "request_header_too_large",
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             ErrorKind::UpstreamConnect => "upstream_connect_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -52,6 +56,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::BadRequest => "the request is malformed",
+            ErrorKind::HeadersTooLarge => "the request headers are too large or too many",
             ErrorKind::NoHealthyUpstream => "no healthy upstream target is available",
             ErrorKind::UpstreamConnect => "could not connect to the upstream",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",

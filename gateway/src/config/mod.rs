@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub watch_interval: Dur,
     /// Idle upstream connections kept per process.
     pub upstream_keepalive_pool: usize,
+    /// Largest request head (names and values of all headers) accepted; larger gets 431.
+    /// Pingora's own ceiling (answered with 400) is 1 MiB.
+    pub max_request_header_bytes: usize,
+    /// Most request headers accepted; more gets 431. Pingora's ceiling is 256.
+    pub max_request_headers: usize,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +84,8 @@ impl Default for ServerConfig {
             watch_config: true,
             watch_interval: Dur::secs(1),
             upstream_keepalive_pool: 128,
+            max_request_header_bytes: 64 * 1024,
+            max_request_headers: 100,
         }
     }
 }

@@ -78,6 +78,18 @@ fn server(c: &Config, e: &mut Errors) {
             ));
         }
     }
+    if !(1024..=1024 * 1024).contains(&s.max_request_header_bytes) {
+        e.push((
+            "server.max_request_header_bytes".into(),
+            format!("{}: use 1024 to 1048576 (Pingora's own ceiling)", s.max_request_header_bytes),
+        ));
+    }
+    if !(1..=256).contains(&s.max_request_headers) {
+        e.push((
+            "server.max_request_headers".into(),
+            format!("{}: use 1 to 256 (Pingora's own ceiling)", s.max_request_headers),
+        ));
+    }
     if s.watch_interval.get().is_zero() {
         e.push(("server.watch_interval".into(), "must be above zero".into()));
     }

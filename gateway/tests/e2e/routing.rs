@@ -8,6 +8,8 @@ fn config(upstream: std::net::SocketAddr) -> String {
 [server]
 listen = ["{{listen}}"]
 trusted_proxies = ["10.0.0.0/8"]
+max_request_header_bytes = 4096
+max_request_headers = 20
 [admin]
 listen = "{{admin}}"
 [access_log]
@@ -305,4 +307,21 @@ fn keep_alive_serves_many_requests_on_one_connection() {
         assert_eq!(r.text(), format!("/up/{i}"));
     }
     assert_eq!(up.hits(), 50);
+}
+
+#[test]
+fn oversized_or_too_many_headers_get_431() {
+    let (w, up) = setup();
+    let big = "x".repeat(5000);
+    let r = Req::get("/up").header("x-big", &big).send(w.addr).unwrap();
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "request_header_too_large");
+    let mut req = Req::get("/up");
+    for i in 0..25 {
+        req = req.header(&format!("x-h{i}"), "v");
+    }
+    assert_eq!(req.send(w.addr).unwrap().status, 431);
+    assert_eq!(up.hits(), 0);
+    // Within the limits all is well.
+    assert_eq!(Req::get("/up").header("x-ok", &"y".repeat(1000)).send(w.addr).unwrap().status, 200);
 }
