@@ -2,7 +2,7 @@
 //!
 //! | method | path        | answer                                                  |
 //! |--------|-------------|---------------------------------------------------------|
-//! | GET    | /healthz    | 200 while the process runs (never needs the token)      |
+//! | GET    | /healthz    | 200 while the process runs (never needs the token; `x-weir-pid` names the process) |
 //! | GET    | /readyz     | 200 once a config is serving, 503 while shutting down    |
 //! | GET    | /metrics    | Prometheus text                                         |
 //! | GET    | /config     | the effective config as JSON, secrets redacted          |
@@ -68,7 +68,11 @@ impl ServeHttp for AdminApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         if path == "/healthz" {
-            return reply(StatusCode::OK, "text/plain", b"ok\n".to_vec());
+            let mut r = reply(StatusCode::OK, "text/plain", b"ok\n".to_vec());
+            // Lets supervisors and tests tell which process answered on a port.
+            r.headers_mut()
+                .insert("x-weir-pid", http::HeaderValue::from(std::process::id()));
+            return r;
         }
         let snap = self.gateway.snapshot();
         let auth = session

@@ -78,10 +78,10 @@ impl ErrorKind {
             ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
             | TLSHandshakeFailure | InvalidCert => return Some(ErrorKind::UpstreamConnect),
             HTTPStatus(503) => return Some(ErrorKind::NoHealthyUpstream),
-            HTTPStatus(400) | InvalidHTTPHeader | H1Error | H2Error => {
-                if e.esource() == &ErrorSource::Downstream {
-                    return Some(ErrorKind::BadRequest);
-                }
+            HTTPStatus(400) | InvalidHTTPHeader | H1Error | H2Error
+                if e.esource() == &ErrorSource::Downstream =>
+            {
+                return Some(ErrorKind::BadRequest);
             }
             _ => {}
         }

@@ -117,6 +117,11 @@ fn has_ambiguous_framing(session: &Session) -> bool {
         .unwrap_or(false)
 }
 
+/// Bytes of header names and values (what limits are measured in; separators excluded).
+fn header_bytes(h: &http::HeaderMap) -> usize {
+    h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
+}
+
 fn apply_request_edits(h: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
     for name in &edits.remove {
         h.remove_header(name);
@@ -249,6 +254,15 @@ impl ProxyHttp for WeirProxy {
                 )
             }
         });
+
+        let limits = &snap.config.server;
+        let headers = &session.req_header().headers;
+        if headers.len() > limits.max_request_headers
+            || header_bytes(headers) > limits.max_request_header_bytes
+        {
+            respond_error(session, ctx, ErrorKind::HeadersTooLarge).await?;
+            return Ok(true);
+        }
 
         if snap.config.server.reject_ambiguous_framing && has_ambiguous_framing(session) {
             respond_error(session, ctx, ErrorKind::BadRequest).await?;
@@ -452,10 +466,16 @@ impl ProxyHttp for WeirProxy {
     }
 
     /// The target answered: record its latency and clear its passive failure count.
+    ///
+    /// A status in `retry_on_status` is instead turned into a retryable upstream error
+    /// when the request is idempotent, its body is still replayable, retries are left
+    /// and an untried healthy target exists. Nothing has reached the client yet, so
+    /// pingora retries it like a failed exchange; `error_while_proxy` counts it toward
+    /// passive ejection. Otherwise the response goes to the client as the target sent it.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(start) = ctx.upstream_start {
@@ -463,6 +483,24 @@ impl ProxyHttp for WeirProxy {
         }
         if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
             if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
+                let status = upstream_response.status.as_u16();
+                let retry = up.config.retry_on_status.contains(&status)
+                    && ctx.attempts <= up.config.retries
+                    && session.req_header().method.is_idempotent()
+                    && !session.as_ref().retry_buffer_truncated()
+                    && up.has_untried_healthy(ctx.tried);
+                if retry {
+                    let mut e = Error::explain(
+                        HTTPStatus(status),
+                        format!(
+                            "upstream `{}`: target {} answered {status}",
+                            up.name, up.targets[i].label
+                        ),
+                    )
+                    .into_up();
+                    e.set_retry(true);
+                    return Err(e);
+                }
                 up.report_success(i);
             }
         }

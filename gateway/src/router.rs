@@ -113,7 +113,7 @@ impl PathTable {
     fn finish(&mut self) {
         let by_priority = |v: &mut Vec<Entry>| {
             // Stable: equal priorities keep file order.
-            v.sort_by(|a, b| b.priority.cmp(&a.priority));
+            v.sort_by_key(|e| std::cmp::Reverse(e.priority));
         };
         self.exact.values_mut().for_each(by_priority);
         self.prefix.values_mut().for_each(by_priority);

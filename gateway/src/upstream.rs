@@ -268,6 +268,14 @@ impl Upstream {
         })
     }
 
+    /// Whether a healthy target outside `tried` remains, so a retry can go somewhere.
+    pub fn has_untried_healthy(&self, tried: u64) -> bool {
+        self.targets
+            .iter()
+            .enumerate()
+            .any(|(i, t)| tried & (1u64 << (i % 64)) == 0 && t.is_healthy())
+    }
+
     /// Marks a request as in flight on target `i` until the guard drops.
     pub fn start_request(&self, i: usize) -> InflightGuard {
         let t = &self.targets[i];

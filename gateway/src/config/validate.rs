@@ -81,13 +81,19 @@ fn server(c: &Config, e: &mut Errors) {
     if !(1024..=1024 * 1024).contains(&s.max_request_header_bytes) {
         e.push((
             "server.max_request_header_bytes".into(),
-            format!("{}: use 1024 to 1048576 (Pingora's own ceiling)", s.max_request_header_bytes),
+            format!(
+                "{}: use 1024 to 1048576 (Pingora's own ceiling)",
+                s.max_request_header_bytes
+            ),
         ));
     }
     if !(1..=256).contains(&s.max_request_headers) {
         e.push((
             "server.max_request_headers".into(),
-            format!("{}: use 1 to 256 (Pingora's own ceiling)", s.max_request_headers),
+            format!(
+                "{}: use 1 to 256 (Pingora's own ceiling)",
+                s.max_request_headers
+            ),
         ));
     }
     if s.watch_interval.get().is_zero() {
@@ -198,15 +204,13 @@ fn upstream(key: &str, u: &UpstreamConfig, names: &mut HashSet<String>, e: &mut 
         }
     }
     match (&u.hash_on, u.lb) {
-        (Some(h), LbKind::ConsistentHash) => {
-            if crate::upstream::HashOn::parse(h).is_none() {
-                e.push((
-                    format!("{key}.hash_on"),
-                    format!("`{h}`: use \"ip\", \"path\", \"header:NAME\" or \"cookie:NAME\""),
-                ));
-            }
+        (Some(h), LbKind::ConsistentHash) if crate::upstream::HashOn::parse(h).is_none() => {
+            e.push((
+                format!("{key}.hash_on"),
+                format!("`{h}`: use \"ip\", \"path\", \"header:NAME\" or \"cookie:NAME\""),
+            ));
         }
-        (Some(_), _) => e.push((
+        (Some(_), lb) if lb != LbKind::ConsistentHash => e.push((
             format!("{key}.hash_on"),
             "hash_on only applies with lb = \"consistent_hash\"".into(),
         )),

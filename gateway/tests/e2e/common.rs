@@ -100,9 +100,12 @@ impl Weir {
             if let Ok(Some(_)) = w.child.try_wait() {
                 return true;
             }
+            // The pid check matters when test processes run side by side: a port freed
+            // by `free_port` may be taken by another gateway first.
+            let pid = w.child.id().to_string();
             TcpStream::connect(w.addr).is_ok()
                 && get(w.admin, "/healthz")
-                    .map(|r| r.status == 200)
+                    .map(|r| r.status == 200 && r.header("x-weir-pid") == Some(pid.as_str()))
                     .unwrap_or(false)
         });
         if let Ok(Some(status)) = w.child.try_wait() {

@@ -323,5 +323,12 @@ fn oversized_or_too_many_headers_get_431() {
     assert_eq!(req.send(w.addr).unwrap().status, 431);
     assert_eq!(up.hits(), 0);
     // Within the limits all is well.
-    assert_eq!(Req::get("/up").header("x-ok", &"y".repeat(1000)).send(w.addr).unwrap().status, 200);
+    assert_eq!(
+        Req::get("/up")
+            .header("x-ok", &"y".repeat(1000))
+            .send(w.addr)
+            .unwrap()
+            .status,
+        200
+    );
 }
