@@ -28,7 +28,7 @@ use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
-use crate::upstream::{InflightGuard, NoTarget};
+use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -82,9 +82,17 @@ pub struct RequestCtx {
     local_status: Option<u16>,
 }
 
-impl RequestCtx {
-    fn route<'a>(&self, snap: &'a Snapshot) -> Option<&'a Route> {
-        self.route.and_then(|i| snap.routes.get(i))
+/// The matched route of a request. A free function over the two fields (not a method
+/// on the context) so callers can keep it while they update other fields of the context.
+fn route_of(snap: Option<&Snapshot>, route: Option<usize>) -> Option<&Route> {
+    snap.and_then(|s| s.routes.get(route?))
+}
+
+/// The upstream of a proxied route.
+fn upstream_of(snap: Option<&Snapshot>, route: Option<usize>) -> Option<&Arc<Upstream>> {
+    match &route_of(snap, route)?.action {
+        Action::Proxy(up) => Some(up),
+        Action::Respond { .. } => None,
     }
 }
 
@@ -222,8 +230,9 @@ impl ProxyHttp for WeirProxy {
     /// Pins the snapshot, settles the request id, matches the route; answers locally
     /// when the route says so or nothing matches.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Moved into the context once the route is known; early answers (431, 400, 404)
+        // have no route and do not need it afterwards.
         let snap = self.gateway.current.load_full();
-        ctx.snapshot = Some(snap.clone());
 
         match session.req_header().headers.get(X_REQUEST_ID) {
             Some(v) if sane_request_id(v) => {
@@ -285,17 +294,21 @@ impl ProxyHttp for WeirProxy {
         };
         ctx.route = Some(m.route);
         ctx.matched_len = m.matched_len;
-        let route = &snap.routes[m.route];
+        let direct = matches!(snap.routes[m.route].action, Action::Respond { .. });
+        if !direct {
+            ctx.snapshot = Some(snap);
+            return Ok(false);
+        }
+        ctx.snapshot = Some(snap.clone());
         if let Action::Respond {
             status,
             body,
             headers,
-        } = &route.action
+        } = &snap.routes[m.route].action
         {
             respond(session, ctx, *status, headers, None, body.clone()).await?;
-            return Ok(true);
         }
-        Ok(false)
+        Ok(true)
     }
 
     /// Picks a target; each retry lands here again and skips targets already tried.
@@ -304,11 +317,7 @@ impl ProxyHttp for WeirProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let snap = ctx
-            .snapshot
-            .clone()
-            .ok_or_else(|| Error::explain(InternalError, "no snapshot pinned"))?;
-        let Some(Action::Proxy(up)) = ctx.route(&snap).map(|r| &r.action) else {
+        let Some(up) = upstream_of(ctx.snapshot.as_deref(), ctx.route) else {
             return Err(Error::explain(InternalError, "route without upstream"));
         };
         let ip_bytes;
@@ -389,10 +398,10 @@ impl ProxyHttp for WeirProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(snap) = ctx.snapshot.clone() else {
+        let Some(snap) = ctx.snapshot.as_deref() else {
             return Ok(());
         };
-        let Some(route) = ctx.route(&snap) else {
+        let Some(route) = route_of(Some(snap), ctx.route) else {
             return Ok(());
         };
         if route.strip_prefix || route.rewrite_path.is_some() {
@@ -481,28 +490,26 @@ impl ProxyHttp for WeirProxy {
         if let Some(start) = ctx.upstream_start {
             ctx.upstream_elapsed = Some(start.elapsed());
         }
-        if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
-            if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
-                let status = upstream_response.status.as_u16();
-                let retry = up.config.retry_on_status.contains(&status)
-                    && ctx.attempts <= up.config.retries
-                    && session.req_header().method.is_idempotent()
-                    && !session.as_ref().retry_buffer_truncated()
-                    && up.has_untried_healthy(ctx.tried);
-                if retry {
-                    let mut e = Error::explain(
-                        HTTPStatus(status),
-                        format!(
-                            "upstream `{}`: target {} answered {status}",
-                            up.name, up.targets[i].label
-                        ),
-                    )
-                    .into_up();
-                    e.set_retry(true);
-                    return Err(e);
-                }
-                up.report_success(i);
+        if let (Some(up), Some(i)) = (upstream_of(ctx.snapshot.as_deref(), ctx.route), ctx.target) {
+            let status = upstream_response.status.as_u16();
+            let retry = up.config.retry_on_status.contains(&status)
+                && ctx.attempts <= up.config.retries
+                && session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated()
+                && up.has_untried_healthy(ctx.tried);
+            if retry {
+                let mut e = Error::explain(
+                    HTTPStatus(status),
+                    format!(
+                        "upstream `{}`: target {} answered {status}",
+                        up.name, up.targets[i].label
+                    ),
+                )
+                .into_up();
+                e.set_retry(true);
+                return Err(e);
             }
+            up.report_success(i);
         }
         Ok(())
     }
@@ -514,7 +521,7 @@ impl ProxyHttp for WeirProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(route) = ctx.snapshot.as_deref().and_then(|s| ctx.route(s)) {
+        if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
                 apply_response_edits(upstream_response, &route.response_headers)?;
             }
@@ -532,12 +539,10 @@ impl ProxyHttp for WeirProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.error = ErrorKind::from_pingora(&e);
-        if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
-            if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
-                up.report_failure(i);
-                ctx.inflight = None;
-                e.set_retry(ctx.attempts <= up.config.retries);
-            }
+        if let (Some(up), Some(i)) = (upstream_of(ctx.snapshot.as_deref(), ctx.route), ctx.target) {
+            up.report_failure(i);
+            ctx.inflight = None;
+            e.set_retry(ctx.attempts <= up.config.retries);
         }
         e
     }
@@ -555,10 +560,10 @@ impl ProxyHttp for WeirProxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if e.esource() == &ErrorSource::Upstream {
             ctx.error = ErrorKind::from_pingora(&e);
-            if let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.target) {
-                if let Some(Action::Proxy(up)) = ctx.route(snap).map(|r| &r.action) {
-                    up.report_failure(i);
-                }
+            if let (Some(up), Some(i)) =
+                (upstream_of(ctx.snapshot.as_deref(), ctx.route), ctx.target)
+            {
+                up.report_failure(i);
             }
         }
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
@@ -610,7 +615,7 @@ impl ProxyHttp for WeirProxy {
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         let snap = ctx.snapshot.as_deref();
-        let route = snap.and_then(|s| ctx.route(s));
+        let route = route_of(snap, ctx.route);
         match route {
             Some(r) => r.metrics.record(status, elapsed),
             None => metrics.unmatched.record(status, elapsed),
@@ -619,10 +624,11 @@ impl ProxyHttp for WeirProxy {
             Action::Proxy(up) => Some(up),
             Action::Respond { .. } => None,
         });
-        if let (Some(up), Some(s), Some(d)) = (upstream, snap, ctx.upstream_elapsed) {
-            if let Some(i) = s.upstreams.iter().position(|u| Arc::ptr_eq(u, up)) {
-                s.upstream_metrics[i].observe(d);
-            }
+        if let (Some(h), Some(d)) = (
+            route.and_then(|r| r.upstream_latency.as_ref()),
+            ctx.upstream_elapsed,
+        ) {
+            h.observe(d);
         }
         if !self.access_log.enabled() {
             return;

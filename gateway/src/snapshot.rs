@@ -68,6 +68,8 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub metrics: Arc<RouteMetrics>,
+    /// The upstream's latency histogram, for proxied routes.
+    pub upstream_latency: Option<Arc<Histogram>>,
 }
 
 /// One config generation.
@@ -77,8 +79,6 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
-    /// Upstream latency histograms, parallel to `upstreams`.
-    pub upstream_metrics: Vec<Arc<Histogram>>,
     pub trusted: TrustedProxies,
     pub certs: CertStore,
 }
@@ -105,10 +105,6 @@ impl Snapshot {
             by_name.insert(&uc.name, upstreams.len());
             upstreams.push(up);
         }
-        let upstream_metrics = upstreams
-            .iter()
-            .map(|u| metrics.upstream(&u.name))
-            .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
             let action = match (&rc.upstream, &rc.respond) {
@@ -148,6 +144,7 @@ impl Snapshot {
                 request_headers: HeaderEdits::compile(&rc.request_headers),
                 response_headers: HeaderEdits::compile(&rc.response_headers),
                 metrics: metrics.route(&rc.name),
+                upstream_latency: rc.upstream.as_deref().map(|u| metrics.upstream(u)),
             });
         }
         let certs = match &config.server.tls {
@@ -163,7 +160,6 @@ impl Snapshot {
             generation,
             router: Router::build(&config.routes),
             routes,
-            upstream_metrics,
             upstreams,
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
             certs,
