@@ -7,7 +7,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
+use weir::config::{Config, UpstreamConfig};
+use weir::metrics::Metrics;
 use weir::router::Router;
+use weir::snapshot::Snapshot;
 use weir_benches::synthetic_routes;
 
 fn lookup(c: &mut Criterion) {
@@ -50,6 +53,20 @@ fn build(c: &mut Criterion) {
     let routes = synthetic_routes(10_000);
     c.bench_function("router_build_10k", |b| {
         b.iter(|| Router::build(black_box(&routes)))
+    });
+    // The whole snapshot a reload builds (after validation): routes, upstreams, metrics
+    // handles.
+    let config = Config {
+        upstreams: vec![UpstreamConfig {
+            name: "u".into(),
+            ..weir_benches::upstream("127.0.0.1:9001")
+        }],
+        routes,
+        ..Config::default()
+    };
+    let metrics = Metrics::default();
+    c.bench_function("snapshot_build_10k", |b| {
+        b.iter(|| Snapshot::build(black_box(config.clone()), None, &metrics, 1))
     });
 }
 

@@ -1,6 +1,6 @@
 //! Shared helpers for Weir's benchmarks: synthetic route tables.
 
-use weir::config::RouteConfig;
+use weir::config::{RouteConfig, TargetSpec, UpstreamConfig};
 
 /// `n` routes in the shape real gateways carry: per-service prefixes under a few hosts,
 /// some exact paths and a few regexes.
@@ -32,4 +32,20 @@ pub fn synthetic_routes(n: usize) -> Vec<RouteConfig> {
             }
         })
         .collect()
+}
+
+/// An upstream with one target and default settings.
+pub fn upstream(addr: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "u".into(),
+        targets: vec![TargetSpec::Addr(addr.into())],
+        lb: Default::default(),
+        hash_on: None,
+        health: None,
+        passive: Default::default(),
+        timeouts: Default::default(),
+        retries: 1,
+        retry_on_status: vec![],
+        tls: None,
+    }
 }
