@@ -29,9 +29,11 @@ URLS FILE (--urls-file FILE):
 
 MODES:
   Closed loop (default): each connection sends its next request when the previous
-  response arrives. Open loop (-r RATE): requests are sent on a fixed schedule whatever
-  the responses do, and latency is measured from when each request was due, so a
-  stalled server shows up in the percentiles (coordinated-omission correction, as wrk2).
+  response arrives. Open loop (-r RATE): requests are due on a fixed schedule, each
+  connection carrying RATE/connections, one request at a time. A request sent late
+  because earlier responses were slow is timed from when it was due, so a stalled server
+  shows up in the percentiles (coordinated-omission correction, as wrk2); one sent on
+  time is timed from sending. Give enough connections for RATE x expected latency.
 
 COUNTING:
   'requests' counts complete responses of any status; errors are counted apart.
@@ -64,6 +66,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a fast HTTP/1.1 upstream: 200 with a fixed body, /health, /echo.
+    ///
+    /// Every request gets 200 with a fixed body of --body-size bytes; `GET /health` gets
+    /// "ok"; paths starting with /echo get the request line and headers back as the body.
+    /// Responses carry `x-upstream: <listen addr>`. Request bodies (Content-Length or
+    /// chunked) are read and discarded; connections are kept alive. Prints
+    /// `listening on ADDR` on stdout once bound.
     Upstream(UpstreamArgs),
 }
 

@@ -81,11 +81,6 @@ pub struct RequestHead<'a> {
     pub raw: &'a [u8],
 }
 
-/// Returns the length of the head (up to and including `\r\n\r\n`), if complete.
-pub fn head_len(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
 /// What the framing headers of a message say.
 #[derive(Debug, Default, Clone, Copy)]
 struct Framing {
@@ -97,45 +92,81 @@ struct Framing {
     expect_continue: bool,
 }
 
-/// Scans header lines (after the start line, without the final empty line).
-fn scan_headers(mut lines: &[u8]) -> Result<Framing, ParseError> {
-    let mut f = Framing::default();
-    while !lines.is_empty() {
-        let (line, rest) = match lines.windows(2).position(|w| w == b"\r\n") {
-            Some(i) => (&lines[..i], &lines[i + 2..]),
-            None => (lines, &[][..]),
+/// A complete head: its start line and what its headers say about framing.
+struct Head<'a> {
+    start: &'a [u8],
+    framing: Framing,
+    len: usize,
+}
+
+/// Reads a head from the front of `buf`; `Ok(None)` until its final empty line has arrived.
+///
+/// Lines end in CRLF; a bare LF is tolerated.
+fn read_head(buf: &[u8]) -> Result<Option<Head<'_>>, ParseError> {
+    let mut pos = 0;
+    let mut start: Option<&[u8]> = None;
+    let mut framing = Framing::default();
+    loop {
+        let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
+            return if buf.len() > MAX_HEAD {
+                Err(ParseError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
         };
-        lines = rest;
-        if line.is_empty() {
-            continue;
+        let line = &buf[pos..pos + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos += nl + 1;
+        if pos > MAX_HEAD {
+            return Err(ParseError::HeadTooLarge);
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(ParseError::Invalid("header line without ':'"))?;
-        let name = &line[..colon];
-        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
-            return Err(ParseError::Invalid("bad header name"));
+        match start {
+            None if line.is_empty() => return Err(ParseError::Invalid("empty start line")),
+            None => start = Some(line),
+            Some(start) if line.is_empty() => {
+                return Ok(Some(Head {
+                    start,
+                    framing,
+                    len: pos,
+                }))
+            }
+            Some(_) => scan_header(line, &mut framing)?,
         }
-        let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_decimal(value).ok_or(ParseError::Invalid("bad content-length"))?;
+    }
+}
+
+/// Notes what one header line says about framing; other headers are only checked for ':'.
+fn scan_header(line: &[u8], f: &mut Framing) -> Result<(), ParseError> {
+    let colon = memchr::memchr(b':', line).ok_or(ParseError::Invalid("header line without ':'"))?;
+    let name = &line[..colon];
+    match (name.first(), name.last()) {
+        (Some(first), Some(last))
+            if !first.is_ascii_whitespace() && !last.is_ascii_whitespace() => {}
+        _ => return Err(ParseError::Invalid("bad header name")),
+    }
+    let value = || line[colon + 1..].trim_ascii();
+    // Compare lengths first: most headers are none of these.
+    match name.len() {
+        14 if name.eq_ignore_ascii_case(b"content-length") => {
+            let n = parse_decimal(value()).ok_or(ParseError::Invalid("bad content-length"))?;
             if f.content_length.is_some_and(|old| old != n) {
                 return Err(ParseError::Invalid("conflicting content-length headers"));
             }
             f.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        }
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
             // The last coding decides; anything but chunked last is read until close.
             f.transfer_encoding = true;
-            f.chunked = value
+            f.chunked = value()
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             if !f.chunked {
                 f.close = true;
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
+        }
+        10 if name.eq_ignore_ascii_case(b"connection") => {
+            for token in value().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     f.close = true;
@@ -143,11 +174,13 @@ fn scan_headers(mut lines: &[u8]) -> Result<Framing, ParseError> {
                     f.keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            f.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
+        6 if name.eq_ignore_ascii_case(b"expect") => {
+            f.expect_continue = value().eq_ignore_ascii_case(b"100-continue");
+        }
+        _ => {}
     }
-    Ok(f)
+    Ok(())
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -157,14 +190,6 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     s.iter().try_fold(0u64, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
     })
-}
-
-/// Splits off the start line of a head.
-fn start_line(head: &[u8]) -> (&[u8], &[u8]) {
-    match head.windows(2).position(|w| w == b"\r\n") {
-        Some(i) => (&head[..i], &head[i + 2..]),
-        None => (head, &[][..]),
-    }
 }
 
 fn parse_version(v: &[u8]) -> Result<u8, ParseError> {
@@ -182,17 +207,14 @@ pub fn parse_response_head(
     buf: &[u8],
     head_request: bool,
 ) -> Result<Option<ResponseHead>, ParseError> {
-    let Some(len) = head_len(buf) else {
-        return if buf.len() > MAX_HEAD {
-            Err(ParseError::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
+    let Some(Head {
+        start: line,
+        framing: f,
+        len,
+    }) = read_head(buf)?
+    else {
+        return Ok(None);
     };
-    if len > MAX_HEAD {
-        return Err(ParseError::HeadTooLarge);
-    }
-    let (line, headers) = start_line(&buf[..len - 2]);
     // "HTTP/1.1 200 OK"
     if line.len() < 12 || line[8] != b' ' {
         return Err(ParseError::Invalid("bad status line"));
@@ -208,7 +230,6 @@ pub fn parse_response_head(
     if status < 100 {
         return Err(ParseError::Invalid("bad status code"));
     }
-    let f = scan_headers(headers)?;
     let mut keep_alive = if minor == 1 {
         !f.close
     } else {
@@ -237,18 +258,15 @@ pub fn parse_response_head(
 
 /// Parses a request head from the start of `buf`; `Ok(None)` means more bytes are needed.
 pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, ParseError> {
-    let Some(len) = head_len(buf) else {
-        return if buf.len() > MAX_HEAD {
-            Err(ParseError::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
+    let Some(Head {
+        start: line,
+        framing: f,
+        len,
+    }) = read_head(buf)?
+    else {
+        return Ok(None);
     };
-    if len > MAX_HEAD {
-        return Err(ParseError::HeadTooLarge);
-    }
     let raw = &buf[..len];
-    let (line, headers) = start_line(&buf[..len - 2]);
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -259,7 +277,6 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, ParseEr
         return Err(ParseError::Invalid("bad request line"));
     }
     let minor = parse_version(version)?;
-    let f = scan_headers(headers)?;
     let body = if f.chunked {
         BodyKind::Chunked
     } else if f.transfer_encoding {
@@ -530,6 +547,21 @@ mod tests {
             parse_response_head(&big, false),
             Err(ParseError::HeadTooLarge)
         );
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more_bytes() {
+        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: b\r\n\r\n";
+        for end in 0..full.len() {
+            assert_eq!(parse_response_head(&full[..end], false), Ok(None), "{end}");
+        }
+        assert!(parse_response_head(full, false).unwrap().is_some());
+        let bare_lf = parse_response_head(b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((bare_lf.body, bare_lf.len), (BodyKind::Length(2), 35));
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nBad : x\r\n\r\n", false).is_err());
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n", false).is_err());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! [`runner::RunConfig`], [`runner`] drives the load with [`client`] connections and
 //! collects [`stats`], [`report`] prints the result, and [`upstream`] is the server side.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod http1;

@@ -81,7 +81,7 @@ pub struct Report {
     pub throughput_rps: f64,
     /// Response bytes read.
     pub bytes_read: u64,
-    /// Response latency; in open loop measured from when each request was due.
+    /// Response latency; in open loop a late request is timed from when it was due.
     pub latency_us: Latency,
     /// Failed requests by kind.
     pub errors: Errors,

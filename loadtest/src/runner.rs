@@ -79,6 +79,10 @@ struct Shared {
     recording: AtomicBool,
     /// Tickets handed out in `-n` mode.
     issued: AtomicU64,
+    /// Tickets whose request ended (response or error) in `-n` mode.
+    resolved: AtomicU64,
+    /// Set to true to stop all workers (deadline, Ctrl-C, or the last `-n` ticket).
+    stop: watch::Sender<bool>,
     progress: Vec<Progress>,
     /// When the open-loop schedule starts.
     start: Instant,
@@ -90,19 +94,21 @@ struct Shared {
 pub fn run(cfg: RunConfig, opts: RunOptions) -> Result<Report, Error> {
     preflight(cfg.addr, cfg.timeout)?;
     let threads = cfg.threads.clamp(1, cfg.connections.max(1));
+    let (stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         recording: AtomicBool::new(cfg.warmup.is_zero()),
         issued: AtomicU64::new(0),
+        resolved: AtomicU64::new(0),
+        stop,
         progress: (0..threads).map(|_| Progress::default()).collect(),
         start: Instant::now(),
         cfg,
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let conns: Vec<usize> = (t..shared.cfg.connections).step_by(threads).collect();
-        let (shared, stop_rx, done_tx) = (shared.clone(), stop_rx.clone(), done_tx.clone());
+        let (shared, stop_rx, done_tx) = (shared.clone(), shared.stop.subscribe(), done_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("weir-load-{t}"))
             .spawn(move || {
@@ -113,7 +119,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> Result<Report, Error> {
         handles.push(handle);
     }
     drop(done_tx);
-    let outcome = control(&shared, threads, opts, stop_tx, done_rx);
+    let outcome = control(&shared, threads, opts, done_rx);
     for h in handles {
         let _ = h.join();
     }
@@ -139,7 +145,6 @@ fn control(
     shared: &Shared,
     threads: usize,
     opts: RunOptions,
-    stop_tx: watch::Sender<bool>,
     mut done_rx: mpsc::UnboundedReceiver<Result<Stats, Error>>,
 ) -> Result<(Stats, Duration, bool), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -170,7 +175,7 @@ fn control(
         let mut stop_at = None;
         if interrupted {
             stop_at = Some(measure_start);
-            let _ = stop_tx.send(true);
+            shared.stop.send_replace(true);
         }
         let deadline = tokio::time::sleep_until(
             cfg.duration
@@ -190,12 +195,12 @@ fn control(
                 },
                 _ = &mut deadline, if stop_at.is_none() && cfg.duration.is_some() => {
                     stop_at = Some(Instant::now());
-                    let _ = stop_tx.send(true);
+                    shared.stop.send_replace(true);
                 }
                 _ = &mut ctrl_c, if stop_at.is_none() => {
                     interrupted = true;
                     stop_at = Some(Instant::now());
-                    let _ = stop_tx.send(true);
+                    shared.stop.send_replace(true);
                 }
                 _ = ticker.tick(), if opts.progress && stop_at.is_none() => {
                     seconds += 1;
@@ -284,11 +289,19 @@ async fn connection_loop(shared: Arc<Shared>, thread: usize, id: usize, stats: R
     let mut conn: Option<Connection> = None;
     let mut sent: u64 = 0;
     loop {
-        let due = match schedule.as_mut() {
+        let overdue_since = match schedule.as_mut() {
             Some(s) => {
                 let due = s.next_due();
-                tokio::time::sleep_until(due).await;
-                Some(due)
+                if due > Instant::now() {
+                    // Ahead of schedule: wait. The timer may wake us up to a millisecond
+                    // late; that slack is ours, not the server's, so time from the wake-up.
+                    tokio::time::sleep_until(due).await;
+                    None
+                } else {
+                    // Behind schedule because earlier responses were slow: send at once and
+                    // time from when the request was due (coordinated-omission correction).
+                    Some(due)
+                }
             }
             None => None,
         };
@@ -319,13 +332,14 @@ async fn connection_loop(shared: Arc<Shared>, thread: usize, id: usize, stats: R
                             stats.borrow_mut().record_error(ErrorKind::Connect);
                             progress.errors.fetch_add(1, Ordering::Relaxed);
                         }
+                        resolve_ticket(&shared, ticket);
                         tokio::time::sleep(CONNECT_BACKOFF).await;
                         continue;
                     }
                 }
             }
         };
-        let start = due.unwrap_or_else(Instant::now);
+        let start = overdue_since.unwrap_or_else(Instant::now);
         let outcome =
             tokio::time::timeout(cfg.timeout, c.send(&request.bytes, request.head_request)).await;
         let kind = match outcome {
@@ -336,6 +350,7 @@ async fn connection_loop(shared: Arc<Shared>, thread: usize, id: usize, stats: R
                         .record_response(start.elapsed(), resp.status, resp.bytes);
                     progress.responses.fetch_add(1, Ordering::Relaxed);
                 }
+                resolve_ticket(&shared, ticket);
                 if !resp.keep_alive {
                     conn = None;
                 }
@@ -348,6 +363,17 @@ async fn connection_loop(shared: Arc<Shared>, thread: usize, id: usize, stats: R
         if recording {
             stats.borrow_mut().record_error(kind);
             progress.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        resolve_ticket(&shared, ticket);
+    }
+}
+
+/// Counts the end of a ticketed request; the last of `-n` stops the run, so connections
+/// sleeping until their next open-loop slot do not hold it up.
+fn resolve_ticket(shared: &Shared, ticket: Option<u64>) {
+    if let (Some(_), Some(n)) = (ticket, shared.cfg.total_requests) {
+        if shared.resolved.fetch_add(1, Ordering::Relaxed) + 1 == n {
+            shared.stop.send_replace(true);
         }
     }
 }

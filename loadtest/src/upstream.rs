@@ -4,7 +4,7 @@
 //! with `/echo` get the request line and headers back as the body. Every response carries
 //! `x-upstream: <listen addr>` so load-balancing tests can tell targets apart. Request
 //! bodies (Content-Length or chunked) are read and discarded; pipelined requests are
-//! answered in one write.
+//! answered in one write (with `--delay`, the delay is applied once per write).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -189,7 +189,9 @@ async fn serve_connection(mut stream: TcpStream, responses: &Responses) -> io::R
     let (mut start, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(4096);
     let mut body = BodySkipper::new(BodyKind::Empty);
-    let mut close = false;
+    // `close`: the last request asked for it; close once its body is read.
+    // `abort`: the client sent something unparseable; answer what we have and close.
+    let (mut close, mut abort) = (false, false);
     loop {
         // Answer every complete request in the buffer.
         loop {
@@ -197,7 +199,7 @@ async fn serve_connection(mut stream: TcpStream, responses: &Responses) -> io::R
                 let used = match body.consume(&buf[start..end]) {
                     Ok(n) => n,
                     Err(_) => {
-                        close = true;
+                        abort = true;
                         break;
                     }
                 };
@@ -212,11 +214,11 @@ async fn serve_connection(mut stream: TcpStream, responses: &Responses) -> io::R
             match http1::parse_request_head(&buf[start..end]) {
                 Ok(Some(req)) => {
                     let keep_alive = req.keep_alive;
-                    answer(responses, &req, &mut out);
                     if req.expect_continue && req.body != BodyKind::Empty {
                         // Interim answer so curl-like clients send the body at once.
-                        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
+                    answer(responses, &req, &mut out);
                     body = BodySkipper::new(req.body);
                     start += req.raw.len();
                     close = !keep_alive;
@@ -230,7 +232,7 @@ async fn serve_connection(mut stream: TcpStream, responses: &Responses) -> io::R
                         Persist::Close,
                         false,
                     );
-                    close = true;
+                    abort = true;
                     break;
                 }
             }
@@ -242,7 +244,7 @@ async fn serve_connection(mut stream: TcpStream, responses: &Responses) -> io::R
             stream.write_all(&out).await?;
             out.clear();
         }
-        if close && body.is_done() {
+        if abort || (close && body.is_done()) {
             return Ok(());
         }
         if start == end {

@@ -167,6 +167,22 @@ fn open_loop_holds_the_rate() {
 }
 
 #[test]
+fn open_loop_with_n_stops_after_the_last_request() {
+    // 20 connections at 10 req/s in total: each connection's next slot is 2 s away, but
+    // the run must end as soon as the 3 requests are answered.
+    let server = TestServer::ok();
+    let start = Instant::now();
+    let r = run_load(&["-r", "10", "-n", "3", "-c", "20", &server.url("/")]);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(r.requests, 3);
+    assert_eq!(server.received(), 3);
+}
+
+#[test]
 fn latency_reflects_a_known_server_delay() {
     let server =
         TestServer::start(|_, _| Action::Delay(Duration::from_millis(20), response(200, b"slow")));
