@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
-use weir::config::{Config, UpstreamConfig};
+use weir::config::{Config, TargetSpec, UpstreamConfig};
 use weir::metrics::Metrics;
 use weir::router::Router;
 use weir::snapshot::Snapshot;
@@ -57,10 +57,10 @@ fn build(c: &mut Criterion) {
     // The whole snapshot a reload builds (after validation): routes, upstreams, metrics
     // handles.
     let config = Config {
-        upstreams: vec![UpstreamConfig {
-            name: "u".into(),
-            ..weir_benches::upstream("127.0.0.1:9001")
-        }],
+        upstreams: vec![UpstreamConfig::new(
+            "u",
+            vec![TargetSpec::Addr("127.0.0.1:9001".into())],
+        )],
         routes,
         ..Config::default()
     };

@@ -1,9 +1,9 @@
 //! Shared helpers for Weir's benchmarks: synthetic route tables.
 
-use weir::config::{RouteConfig, TargetSpec, UpstreamConfig};
+use weir::config::RouteConfig;
 
-/// `n` routes in the shape real gateways carry: per-service prefixes under a few hosts,
-/// some exact paths and a few regexes.
+/// `n` routes to upstream `u` in the shape real gateways carry: per-service prefixes,
+/// some under tenant hosts, some exact paths and a few regexes.
 pub fn synthetic_routes(n: usize) -> Vec<RouteConfig> {
     (0..n)
         .map(|i| {
@@ -17,35 +17,10 @@ pub fn synthetic_routes(n: usize) -> Vec<RouteConfig> {
                 _ => (vec![], vec![format!("/api/v{}/svc{i}", i % 3)]),
             };
             RouteConfig {
-                name: format!("r{i}"),
                 hosts,
                 paths,
-                methods: vec![],
-                headers: Default::default(),
-                priority: 0,
-                upstream: Some("u".into()),
-                strip_prefix: false,
-                rewrite_path: None,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                respond: None,
+                ..RouteConfig::proxy(&format!("r{i}"), "u")
             }
         })
         .collect()
-}
-
-/// An upstream with one target and default settings.
-pub fn upstream(addr: &str) -> UpstreamConfig {
-    UpstreamConfig {
-        name: "u".into(),
-        targets: vec![TargetSpec::Addr(addr.into())],
-        lb: Default::default(),
-        hash_on: None,
-        health: None,
-        passive: Default::default(),
-        timeouts: Default::default(),
-        retries: 1,
-        retry_on_status: vec![],
-        tls: None,
-    }
 }

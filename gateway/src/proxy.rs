@@ -130,28 +130,41 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
 
-fn apply_request_edits(h: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
-    for name in &edits.remove {
-        h.remove_header(name);
-    }
-    for (n, v) in &edits.set {
-        h.insert_header(n.clone(), v.clone())?;
-    }
-    for (n, v) in &edits.add {
-        h.append_header(n.clone(), v.clone())?;
-    }
-    Ok(())
+/// The header operations pingora's request and response heads share (they have no
+/// common trait), so one function applies a route's edits to either.
+trait EditableHead {
+    fn remove(&mut self, name: &HeaderName);
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
 }
 
-fn apply_response_edits(h: &mut ResponseHeader, edits: &HeaderEdits) -> Result<()> {
+macro_rules! editable_head {
+    ($t:ty) => {
+        impl EditableHead for $t {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+        }
+    };
+}
+editable_head!(RequestHeader);
+editable_head!(ResponseHeader);
+
+fn apply_edits(h: &mut impl EditableHead, edits: &HeaderEdits) -> Result<()> {
     for name in &edits.remove {
-        h.remove_header(name);
+        h.remove(name);
     }
     for (n, v) in &edits.set {
-        h.insert_header(n.clone(), v.clone())?;
+        h.insert(n.clone(), v.clone())?;
     }
     for (n, v) in &edits.add {
-        h.append_header(n.clone(), v.clone())?;
+        h.append(n.clone(), v.clone())?;
     }
     Ok(())
 }
@@ -469,7 +482,7 @@ impl ProxyHttp for WeirProxy {
             }
         }
         if !route.request_headers.is_empty() {
-            apply_request_edits(upstream_request, &route.request_headers)?;
+            apply_edits(upstream_request, &route.request_headers)?;
         }
         Ok(())
     }
@@ -523,7 +536,7 @@ impl ProxyHttp for WeirProxy {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
-                apply_response_edits(upstream_response, &route.response_headers)?;
+                apply_edits(upstream_response, &route.response_headers)?;
             }
         }
         Ok(())

@@ -324,18 +324,10 @@ mod tests {
 
     fn route(name: &str, hosts: &[&str], paths: &[&str], priority: i32) -> RouteConfig {
         RouteConfig {
-            name: name.into(),
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             paths: paths.iter().map(|s| s.to_string()).collect(),
-            methods: vec![],
-            headers: Default::default(),
             priority,
-            upstream: Some("u".into()),
-            strip_prefix: false,
-            rewrite_path: None,
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-            respond: None,
+            ..RouteConfig::proxy(name, "u")
         }
     }
 

@@ -429,24 +429,17 @@ mod tests {
     use crate::config::TargetSpec;
 
     fn upstream(lb: LbKind, weights: &[u32]) -> Upstream {
+        let targets = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| TargetSpec::Weighted {
+                addr: format!("127.0.0.1:{}", 10_000 + i),
+                weight: *w,
+            })
+            .collect();
         let c = UpstreamConfig {
-            name: "u".into(),
-            targets: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| TargetSpec::Weighted {
-                    addr: format!("127.0.0.1:{}", 10_000 + i),
-                    weight: *w,
-                })
-                .collect(),
             lb,
-            hash_on: None,
-            health: None,
-            passive: Default::default(),
-            timeouts: Default::default(),
-            retries: 1,
-            retry_on_status: vec![],
-            tls: None,
+            ..UpstreamConfig::new("u", targets)
         };
         Upstream::build(&c).unwrap()
     }

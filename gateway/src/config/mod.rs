@@ -196,6 +196,44 @@ pub enum TargetSpec {
     },
 }
 
+impl UpstreamConfig {
+    /// An upstream over `targets` with every other setting at its default.
+    pub fn new(name: &str, targets: Vec<TargetSpec>) -> Self {
+        UpstreamConfig {
+            name: name.into(),
+            targets,
+            lb: LbKind::default(),
+            hash_on: None,
+            health: None,
+            passive: PassiveConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            retries: one(),
+            retry_on_status: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// A route to `upstream` matching every request, every other setting at its default.
+    pub fn proxy(name: &str, upstream: &str) -> Self {
+        RouteConfig {
+            name: name.into(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            methods: Vec::new(),
+            headers: BTreeMap::new(),
+            priority: 0,
+            upstream: Some(upstream.into()),
+            strip_prefix: false,
+            rewrite_path: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            respond: None,
+        }
+    }
+}
+
 impl TargetSpec {
     pub fn addr(&self) -> &str {
         match self {
