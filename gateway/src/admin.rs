@@ -104,14 +104,11 @@ impl ServeHttp for AdminApi {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 }
             }
-            (&Method::GET, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.gateway
-                    .metrics
-                    .render(&snap.target_health())
-                    .into_bytes(),
-            ),
+            (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", {
+                let mut text = self.gateway.metrics.render(&snap.target_health());
+                self.gateway.plugins.metrics.render(&mut text);
+                text.into_bytes()
+            }),
             (&Method::GET, "/config") => json_reply(
                 StatusCode::OK,
                 json!({

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The target broke the exchange (reset, malformed response).
     UpstreamProtocol,
+    /// A plugin failed (trap, CPU deadline, memory) and its `on_error` is `deny`.
+    PluginFailed,
     /// A bug or resource failure inside Weir.
     Internal,
 }
@@ -34,7 +36,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyUpstream => 503,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::Internal => 500,
+            ErrorKind::Internal | ErrorKind::PluginFailed => 500,
         }
     }
 
@@ -48,6 +50,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect => "upstream_connect_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_error",
+            ErrorKind::PluginFailed => "plugin_failed",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -61,6 +64,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect => "could not connect to the upstream",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
             ErrorKind::UpstreamProtocol => "the upstream connection failed",
+            ErrorKind::PluginFailed => "a policy plugin failed while handling the request",
             ErrorKind::Internal => "internal gateway error",
         }
     }

@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::plugin::PluginHost;
+use crate::snapshot::{BuildEnv, Snapshot};
 
 /// Outcome of the last reload attempt, for `GET /config` and `POST /reload`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,6 +38,7 @@ pub struct Gateway {
     pub config_path: PathBuf,
     pub current: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub plugins: Arc<PluginHost>,
     /// Serializes reloads; requests never take it.
     reload_lock: Mutex<()>,
     last: Mutex<ReloadStatus>,
@@ -52,18 +54,27 @@ struct FileStamp {
 }
 
 impl Gateway {
-    /// Loads the file for the first time; every error is returned.
+    /// Loads the file for the first time: parse, validate, and build the snapshot
+    /// (plugins compiled and configured). This is also all `weir check` does. Every
+    /// error is returned.
     pub fn load(path: &Path) -> Result<Gateway, ConfigErrors> {
         let text = read(path)?;
         let config = config::load_str(path, &text, |k| std::env::var(k).ok())?;
         let metrics = Arc::new(Metrics::default());
-        let snap = Snapshot::build(config, None, &metrics, 1)
+        let plugins = Arc::new(PluginHost::default());
+        let env = BuildEnv {
+            metrics: &metrics,
+            plugins: &plugins,
+            base_dir: base_dir(path),
+        };
+        let snap = Snapshot::build(config, None, &env, 1)
             .map_err(|e| ConfigErrors::one(config::ConfigError::new(path, None, "", e)))?;
         metrics.generation.store(1, Ordering::Relaxed);
         Ok(Gateway {
             config_path: path.to_path_buf(),
             current: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
+            plugins,
             reload_lock: Mutex::new(()),
             last: Mutex::new(ReloadStatus {
                 generation: 1,
@@ -134,7 +145,12 @@ impl Gateway {
         let old = self.current.load_full();
         warn_fixed_settings(&old.config, &config);
         let generation = old.generation + 1;
-        let snap = Snapshot::build(config, Some(&old), &self.metrics, generation)?;
+        let env = BuildEnv {
+            metrics: &self.metrics,
+            plugins: &self.plugins,
+            base_dir: base_dir(path),
+        };
+        let snap = Snapshot::build(config, Some(&old), &env, generation)?;
         self.current.store(Arc::new(snap));
         Ok(generation)
     }
@@ -146,6 +162,14 @@ impl Gateway {
         };
         let now = stamp(&self.config_path, &text);
         *self.stamp.lock() != now
+    }
+}
+
+/// The directory relative plugin paths start from.
+pub fn base_dir(config_path: &Path) -> &Path {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod net;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod server;

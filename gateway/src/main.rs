@@ -49,16 +49,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Check { config } => match weir::config::load_file(&config).and_then(|c| {
-            weir::snapshot::Snapshot::build(c, None, &Default::default(), 1)
-                .map(|_| ())
-                .map_err(|e| {
-                    weir::config::ConfigErrors::one(weir::config::ConfigError::new(
-                        &config, None, "", e,
-                    ))
-                })
-        }) {
-            Ok(()) => {
+        Command::Check { config } => match weir::gateway::Gateway::load(&config) {
+            Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -27,6 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
+use crate::plugin::{Active, LocalResponse, Properties, RequestInfo, Verdict, Views};
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
 use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
@@ -80,6 +81,15 @@ pub struct RequestCtx {
     error: Option<ErrorKind>,
     /// Status of a response Weir wrote itself.
     local_status: Option<u16>,
+    /// Plugin contexts of this request, in chain order.
+    plugins: Vec<Active>,
+    /// What plugins may read about the request (set when the route has plugins).
+    plugin_info: Option<RequestInfo>,
+    /// Properties plugins set for later plugins and the gateway.
+    properties: Properties,
+    /// A local response a plugin asked for after the upstream answered, written by
+    /// `fail_to_proxy` in place of the upstream's.
+    pending_local: Option<LocalResponse>,
 }
 
 /// The matched route of a request. A free function over the two fields (not a method
@@ -198,6 +208,33 @@ async fn respond(
     Ok(())
 }
 
+/// Writes a plugin's local response (headers were checked by the host).
+async fn respond_local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    local: LocalResponse,
+) -> Result<()> {
+    let headers: Vec<(HeaderName, HeaderValue)> = local
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k).ok()?,
+                HeaderValue::from_bytes(v).ok()?,
+            ))
+        })
+        .collect();
+    respond(
+        session,
+        ctx,
+        local.status,
+        &headers,
+        None,
+        Bytes::from(local.body),
+    )
+    .await
+}
+
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, kind: ErrorKind) -> Result<()> {
     ctx.error = Some(kind);
     let body = error::json_body(kind, &ctx.request_id);
@@ -237,6 +274,10 @@ impl ProxyHttp for WeirProxy {
             upstream_elapsed: None,
             error: None,
             local_status: None,
+            plugins: Vec::new(),
+            plugin_info: None,
+            properties: Properties::new(),
+            pending_local: None,
         }
     }
 
@@ -307,6 +348,40 @@ impl ProxyHttp for WeirProxy {
         };
         ctx.route = Some(m.route);
         ctx.matched_len = m.matched_len;
+        if !snap.routes[m.route].plugins.is_empty() {
+            let info = RequestInfo {
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                route: Some(snap.routes[m.route].name.clone()),
+                request_id: ctx.request_id.clone(),
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            };
+            for plugin in &snap.routes[m.route].plugins {
+                let mut views = Views {
+                    request: session.req_header_mut(),
+                    response: None,
+                    info: &info,
+                    properties: &mut ctx.properties,
+                };
+                let (active, verdict) = plugin.request_headers(&mut views);
+                ctx.plugins.extend(active);
+                match verdict {
+                    Verdict::Continue => {}
+                    Verdict::Respond(local) => {
+                        ctx.plugin_info = Some(info);
+                        ctx.snapshot = Some(snap);
+                        respond_local(session, ctx, local).await?;
+                        return Ok(true);
+                    }
+                    Verdict::Deny => {
+                        ctx.plugin_info = Some(info);
+                        ctx.snapshot = Some(snap);
+                        respond_error(session, ctx, ErrorKind::PluginFailed).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            ctx.plugin_info = Some(info);
+        }
         let direct = matches!(snap.routes[m.route].action, Action::Respond { .. });
         if !direct {
             ctx.snapshot = Some(snap);
@@ -529,10 +604,36 @@ impl ProxyHttp for WeirProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Plugins see the response in reverse chain order, as in Envoy.
+        if let Some(info) = &ctx.plugin_info {
+            for a in ctx.plugins.iter().rev() {
+                let mut views = Views {
+                    request: session.req_header_mut(),
+                    response: Some(&mut *upstream_response),
+                    info,
+                    properties: &mut ctx.properties,
+                };
+                match a.plugin().response_headers(a, &mut views) {
+                    Verdict::Continue => {}
+                    Verdict::Respond(local) => {
+                        let status = local.status;
+                        ctx.pending_local = Some(local);
+                        return Err(Error::explain(
+                            HTTPStatus(status),
+                            "a plugin answered in place of the upstream",
+                        ));
+                    }
+                    Verdict::Deny => {
+                        ctx.error = Some(ErrorKind::PluginFailed);
+                        return Err(Error::explain(InternalError, "a plugin failed"));
+                    }
+                }
+            }
+        }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
@@ -598,6 +699,18 @@ impl ProxyHttp for WeirProxy {
     where
         Self::CTX: Send + Sync,
     {
+        if let Some(local) = ctx.pending_local.take() {
+            if session.response_written().is_none() {
+                let status = local.status;
+                if let Err(we) = respond_local(session, ctx, local).await {
+                    tracing::debug!(error = %we, "could not send the plugin's response");
+                }
+                return FailToProxy {
+                    error_code: status,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         let kind = ctx.error.or_else(|| ErrorKind::from_pingora(e));
         ctx.error = kind;
         let code = match kind {
@@ -619,6 +732,17 @@ impl ProxyHttp for WeirProxy {
     /// Metrics and the access-log line; runs once per request, whatever happened.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.inflight = None;
+        if let Some(info) = &ctx.plugin_info {
+            for a in &ctx.plugins {
+                let mut views = Views {
+                    request: session.req_header_mut(),
+                    response: None,
+                    info,
+                    properties: &mut ctx.properties,
+                };
+                a.plugin().finish(a, &mut views);
+            }
+        }
         let metrics = &self.gateway.metrics;
         metrics.active_requests.fetch_sub(1, Ordering::Relaxed);
         let status = session

@@ -231,8 +231,17 @@ impl BackgroundService for Control {
                     return;
                 }
                 _ = health_tick.tick() => {
-                    for up in &self.gateway.snapshot().upstreams {
+                    let snap = self.gateway.snapshot();
+                    for up in &snap.upstreams {
                         up.run_due_checks();
+                    }
+                    if !snap.plugins.is_empty() {
+                        // Rebuilding a failed plugin VM compiles nothing but runs guest
+                        // start-up code: keep it off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || {
+                            snap.plugins.iter().for_each(|p| p.heal());
+                        })
+                        .await;
                     }
                 }
                 _ = watch_tick.tick(), if watch => {

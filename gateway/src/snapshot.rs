@@ -5,14 +5,17 @@
 //! snapshot (same `Arc`), keeping their health state and counters.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use sha2::Digest;
 
 use crate::config::{Config, DirectResponse, HeaderOps};
 use crate::metrics::{Histogram, Metrics, RouteMetrics};
 use crate::net::TrustedProxies;
+use crate::plugin::{Plugin, PluginHost};
 use crate::router::Router;
 use crate::tls::{CertStore, CertifiedKey};
 use crate::upstream::Upstream;
@@ -70,6 +73,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// The upstream's latency histogram, for proxied routes.
     pub upstream_latency: Option<Arc<Histogram>>,
+    /// Global plugins, then the route's, in order.
+    pub plugins: Vec<Arc<Plugin>>,
 }
 
 /// One config generation.
@@ -79,18 +84,49 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub plugins: Vec<Arc<Plugin>>,
     pub trusted: TrustedProxies,
     pub certs: CertStore,
 }
 
+/// What building a snapshot needs besides the config.
+pub struct BuildEnv<'a> {
+    pub metrics: &'a Metrics,
+    pub plugins: &'a PluginHost,
+    /// The config file's directory (plugin paths are relative to it).
+    pub base_dir: &'a Path,
+}
+
 impl Snapshot {
-    /// Compiles a validated config. `previous` lends unchanged upstreams.
+    /// Compiles a validated config. `previous` lends unchanged upstreams and plugins.
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
+        env: &BuildEnv<'_>,
         generation: u64,
     ) -> Result<Snapshot, String> {
+        let metrics = env.metrics;
+        let mut plugins: Vec<Arc<Plugin>> = Vec::with_capacity(config.plugins.len());
+        for pc in &config.plugins {
+            let hash = std::fs::read(env.base_dir.join(&pc.wasm))
+                .map(|b| <[u8; 32]>::from(sha2::Sha256::digest(&b)))
+                .ok();
+            let reused = previous.and_then(|p| {
+                p.plugins
+                    .iter()
+                    .find(|x| x.config == *pc && Some(x.hash) == hash)
+                    .cloned()
+            });
+            let plugin = match reused {
+                Some(p) => p,
+                None => env
+                    .plugins
+                    .load(pc, env.base_dir, config.server.threads)
+                    .map_err(|e| format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm))?,
+            };
+            plugins.push(plugin);
+        }
+        let plugin_named = |name: &String| plugins.iter().find(|p| *p.name == **name).cloned();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         for uc in &config.upstreams {
@@ -144,6 +180,13 @@ impl Snapshot {
                 request_headers: HeaderEdits::compile(&rc.request_headers),
                 response_headers: HeaderEdits::compile(&rc.response_headers),
                 metrics: metrics.route(&rc.name),
+                plugins: config
+                    .server
+                    .global_plugins
+                    .iter()
+                    .chain(&rc.plugins)
+                    .filter_map(plugin_named)
+                    .collect(),
                 upstream_latency: rc.upstream.as_deref().map(|u| metrics.upstream(u)),
             });
         }
@@ -161,6 +204,7 @@ impl Snapshot {
             router: Router::build(&config.routes),
             routes,
             upstreams,
+            plugins,
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
             certs,
             config: Arc::new(config),

@@ -38,6 +38,46 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// `[[plugins]]`: a WebAssembly policy (proxy-wasm ABI).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Referenced by `routes[].plugins` and `server.global_plugins`.
+    pub name: String,
+    /// Path of the `.wasm` module, relative to the config file's directory.
+    pub wasm: String,
+    /// Handed to the plugin's `on_configure` as JSON.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// What a request gets when the plugin fails (trap, deadline, out of memory).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// CPU deadline of one callback.
+    #[serde(default = "default_plugin_cpu")]
+    pub cpu_limit: Dur,
+    /// Linear memory one VM may grow to, in MiB.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit_mb: u32,
+}
+
+/// A failing plugin either denies the request (500 with a JSON error) or is skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+fn default_plugin_cpu() -> Dur {
+    Dur::millis(5)
+}
+fn default_plugin_memory() -> u32 {
+    64
 }
 
 /// `[server]`: listeners, worker threads, client-facing limits.
@@ -69,6 +109,8 @@ pub struct ServerConfig {
     pub max_request_header_bytes: usize,
     /// Most request headers accepted; more gets 431. Pingora's ceiling is 256.
     pub max_request_headers: usize,
+    /// Plugins run on every route, before the route's own.
+    pub global_plugins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +128,7 @@ impl Default for ServerConfig {
             upstream_keepalive_pool: 128,
             max_request_header_bytes: 64 * 1024,
             max_request_headers: 100,
+            global_plugins: Vec::new(),
         }
     }
 }
@@ -230,6 +273,7 @@ impl RouteConfig {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             respond: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -385,6 +429,9 @@ pub struct RouteConfig {
     /// Answer directly instead of proxying.
     #[serde(default)]
     pub respond: Option<DirectResponse>,
+    /// Plugins run on this route, in order (after `server.global_plugins`).
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -460,7 +507,8 @@ pub fn load_str(
             e.message().trim().to_string(),
         ))
     })?;
-    let errors = validate::validate(&config);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let errors = validate::validate(&config, base);
     if errors.is_empty() {
         Ok(config)
     } else {

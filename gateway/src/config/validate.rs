@@ -4,11 +4,14 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use super::{Config, HeaderOps, LbKind, RouteConfig, UpstreamConfig};
+use std::path::Path;
+
+use super::{Config, HeaderOps, LbKind, PluginConfig, RouteConfig, UpstreamConfig};
 
 type Errors = Vec<(String, String)>;
 
-pub(super) fn validate(c: &Config) -> Errors {
+/// `base` is the directory of the config file (plugin paths are relative to it).
+pub(super) fn validate(c: &Config, base: &Path) -> Errors {
     let mut e = Errors::new();
     server(c, &mut e);
     admin(c, &mut e);
@@ -28,8 +31,82 @@ pub(super) fn validate(c: &Config) -> Errors {
     let mut route_names = HashSet::new();
     for (i, r) in c.routes.iter().enumerate() {
         route(&format!("routes[{i}]"), r, c, &mut route_names, &mut e);
+        plugin_refs(&format!("routes[{i}].plugins"), &r.plugins, c, &mut e);
+    }
+    plugin_refs("server.global_plugins", &c.server.global_plugins, c, &mut e);
+    let mut plugin_names = HashSet::new();
+    for (i, p) in c.plugins.iter().enumerate() {
+        plugin(&format!("plugins[{i}]"), p, base, &mut plugin_names, &mut e);
     }
     e
+}
+
+fn plugin(key: &str, p: &PluginConfig, base: &Path, names: &mut HashSet<String>, e: &mut Errors) {
+    if !valid_name(&p.name) {
+        e.push((
+            format!("{key}.name"),
+            format!(
+                "`{}` is not a valid name: use letters, digits, `-`, `_`, `.`",
+                p.name
+            ),
+        ));
+    } else if !names.insert(p.name.clone()) {
+        e.push((
+            format!("{key}.name"),
+            format!("duplicate plugin name `{}`", p.name),
+        ));
+    }
+    let path = base.join(&p.wasm);
+    if !path.is_file() {
+        e.push((
+            format!("{key}.wasm"),
+            format!(
+                "no file at `{}` (paths are relative to the config file's directory; build the built-in plugins with `bash scripts/build-plugins.sh`)",
+                path.display()
+            ),
+        ));
+    }
+    let cpu = p.cpu_limit.get();
+    if cpu.is_zero() || cpu > std::time::Duration::from_secs(10) {
+        e.push((
+            format!("{key}.cpu_limit"),
+            format!(
+                "{:?}: use more than 0 and at most 10s (a few ms is typical)",
+                p.cpu_limit
+            ),
+        ));
+    }
+    if !(1..=4096).contains(&p.memory_limit_mb) {
+        e.push((
+            format!("{key}.memory_limit_mb"),
+            format!("{} MiB: use 1 to 4096", p.memory_limit_mb),
+        ));
+    }
+}
+
+fn plugin_refs(key: &str, refs: &[String], c: &Config, e: &mut Errors) {
+    let mut seen = HashSet::new();
+    for (i, name) in refs.iter().enumerate() {
+        if !c.plugins.iter().any(|p| &p.name == name) {
+            let known: Vec<&str> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+            e.push((
+                format!("{key}[{i}]"),
+                format!(
+                    "unknown plugin `{name}`; defined plugins: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        } else if !seen.insert(name) {
+            e.push((
+                format!("{key}[{i}]"),
+                format!("plugin `{name}` is listed twice"),
+            ));
+        }
+    }
 }
 
 fn socket_addr(key: &str, s: &str, e: &mut Errors) -> Option<SocketAddr> {

@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod balancing;
 mod config_files;
+mod plugins;
 mod reload;
 mod routing;
 mod tls;

@@ -1,0 +1,136 @@
+//! proxy-wasm ABI v0.2.1 constants (numeric values as in the spec and the Rust SDK).
+
+/// Result of a host call, returned to the guest as an `i32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    BadArgument = 2,
+    SerializationFailure = 3,
+    Empty = 7,
+    CasMismatch = 8,
+    InternalFailure = 10,
+    Unimplemented = 12,
+}
+
+/// `proxy_on_*_headers` results.
+pub const ACTION_CONTINUE: i32 = 0;
+pub const ACTION_PAUSE: i32 = 1;
+
+/// Header maps a host call can address.
+pub const MAP_REQUEST_HEADERS: i32 = 0;
+pub const MAP_REQUEST_TRAILERS: i32 = 1;
+pub const MAP_RESPONSE_HEADERS: i32 = 2;
+pub const MAP_RESPONSE_TRAILERS: i32 = 3;
+pub const MAP_HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
+
+/// Buffers a host call can address.
+pub const BUFFER_VM_CONFIGURATION: i32 = 6;
+pub const BUFFER_PLUGIN_CONFIGURATION: i32 = 7;
+pub const BUFFER_CALL_DATA: i32 = 8;
+
+/// Log levels.
+pub const LOG_TRACE: i32 = 0;
+pub const LOG_DEBUG: i32 = 1;
+pub const LOG_INFO: i32 = 2;
+pub const LOG_WARN: i32 = 3;
+pub const LOG_ERROR: i32 = 4;
+pub const LOG_CRITICAL: i32 = 5;
+
+/// Metric kinds of `proxy_define_metric`.
+pub const METRIC_COUNTER: i32 = 0;
+pub const METRIC_GAUGE: i32 = 1;
+pub const METRIC_HISTOGRAM: i32 = 2;
+
+/// The root context id Weir gives every plugin VM.
+pub const ROOT_CONTEXT_ID: i32 = 1;
+
+/// Header pairs as bytes (names and values may be any bytes on the wire of the ABI).
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Serializes header pairs in the ABI's map format: pair count, then (key, value)
+/// lengths, then each key and value followed by a NUL byte; all integers u32 LE.
+pub fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+    let count = pairs.clone().count();
+    let data: usize = pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + count * 8 + data);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Parses the map format; `None` when the bytes do not hold what they claim.
+pub fn deserialize_map(bytes: &[u8]) -> Option<Pairs> {
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u32_at(0)?;
+    // Every pair needs at least 10 bytes (two sizes, two NULs): reject absurd counts
+    // before allocating for them.
+    if count > bytes.len() / 10 + 1 {
+        return None;
+    }
+    let mut sizes = Vec::with_capacity(count);
+    for i in 0..count {
+        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+    }
+    let mut at = 4 + count * 8;
+    let mut out = Vec::with_capacity(count);
+    for (klen, vlen) in sizes {
+        let key = bytes.get(at..at.checked_add(klen)?)?.to_vec();
+        at += klen;
+        if bytes.get(at) != Some(&0) {
+            return None;
+        }
+        at += 1;
+        let value = bytes.get(at..at.checked_add(vlen)?)?.to_vec();
+        at += vlen;
+        if bytes.get(at) != Some(&0) {
+            return None;
+        }
+        at += 1;
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_round_trip() {
+        let pairs: Vec<(&[u8], &[u8])> =
+            vec![(b"a", b"1"), (b"content-type", b"text/plain"), (b"e", b"")];
+        let bytes = serialize_map(pairs.iter().copied());
+        let back = deserialize_map(&bytes).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[1], (b"content-type".to_vec(), b"text/plain".to_vec()));
+        assert_eq!(back[2], (b"e".to_vec(), b"".to_vec()));
+    }
+
+    #[test]
+    fn hostile_maps_are_rejected() {
+        assert!(deserialize_map(&[255, 255, 255, 255]).is_none());
+        let mut bytes = serialize_map([(&b"k"[..], &b"v"[..])].into_iter());
+        bytes[4] = 200; // key length beyond the buffer
+        assert!(deserialize_map(&bytes).is_none());
+        let mut bytes = serialize_map([(&b"k"[..], &b"v"[..])].into_iter());
+        let n = bytes.len();
+        bytes[n - 1] = b'x'; // missing NUL
+        assert!(deserialize_map(&bytes).is_none());
+    }
+}

@@ -1,0 +1,103 @@
+//! What a plugin VM's store holds: limits, the plugin's identity and configuration, and
+//! the *scope* of the callback in progress (the request or response it may touch).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::{StoreLimits, TypedFunc};
+
+use super::shared::{PluginMetrics, SharedData};
+
+/// Which callback is running; decides what the guest may read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Start-up: `_initialize`, `on_vm_start`, `on_configure`, context creation.
+    Root,
+    RequestHeaders,
+    ResponseHeaders,
+    /// `on_log`, `on_done`, `on_delete`: read-only.
+    Log,
+}
+
+/// A local answer a plugin asked for with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub headers: super::abi::Pairs,
+    pub body: Vec<u8>,
+    pub details: String,
+}
+
+/// Per-request facts a plugin can read as properties.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub client: Option<SocketAddr>,
+    pub route: Option<Arc<str>>,
+    pub request_id: String,
+    pub tls: bool,
+}
+
+/// Properties set by plugins during one request (`proxy_set_property`), readable by
+/// later plugins and by the gateway (for example `weir.consumer`).
+pub type Properties = HashMap<String, Vec<u8>>;
+
+/// Raw pointers to what the current callback may touch. They are set right before a
+/// guest call and cleared right after it (see [`super::vm::Vm::call_scoped`]), on the
+/// same thread, while the caller holds the `&mut` borrows they came from; host functions
+/// only dereference them during that call. Nothing else ever reads them.
+#[derive(Default)]
+pub struct Scope {
+    pub phase: Option<Phase>,
+    pub request: Option<NonNull<RequestHeader>>,
+    pub response: Option<NonNull<ResponseHeader>>,
+    pub info: Option<NonNull<RequestInfo>>,
+    pub properties: Option<NonNull<Properties>>,
+}
+
+// SAFETY: the pointers are only dereferenced on the thread that set them, within the
+// synchronous guest call during which the pointees are exclusively borrowed by the
+// caller; between calls they are `None`.
+unsafe impl Send for Scope {}
+
+/// The store data of one plugin VM.
+pub struct HostState {
+    pub limits: StoreLimits,
+    pub plugin: Arc<str>,
+    pub plugin_config: Arc<[u8]>,
+    pub scope: Scope,
+    pub local_response: Option<LocalResponse>,
+    pub shared: Arc<SharedData>,
+    pub metrics: Arc<PluginMetrics>,
+    /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), found after
+    /// instantiation; host calls that return data use it.
+    pub alloc: Option<TypedFunc<i32, i32>>,
+    /// Partial lines written to stdout/stderr, flushed to the log at newlines.
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl HostState {
+    /// Mutable access to the request headers, when the current phase allows it.
+    pub fn request_mut(&mut self) -> Option<&mut RequestHeader> {
+        // SAFETY: see `Scope`.
+        self.scope.request.map(|mut p| unsafe { p.as_mut() })
+    }
+
+    pub fn response_mut(&mut self) -> Option<&mut ResponseHeader> {
+        // SAFETY: see `Scope`.
+        self.scope.response.map(|mut p| unsafe { p.as_mut() })
+    }
+
+    pub fn info(&self) -> Option<&RequestInfo> {
+        // SAFETY: see `Scope`.
+        self.scope.info.map(|p| unsafe { p.as_ref() })
+    }
+
+    pub fn properties_mut(&mut self) -> Option<&mut Properties> {
+        // SAFETY: see `Scope`.
+        self.scope.properties.map(|mut p| unsafe { p.as_mut() })
+    }
+}

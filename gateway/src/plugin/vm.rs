@@ -1,0 +1,255 @@
+//! One plugin VM: a wasmtime store and instance, with the guest's exports resolved once,
+//! and scoped calls under a CPU deadline and a memory limit.
+
+use std::time::Duration;
+
+use wasmtime::{Engine, InstancePre, Store, Trap, TypedFunc};
+
+use super::abi::ROOT_CONTEXT_ID;
+use super::state::{HostState, Phase, Scope};
+
+/// Why a guest call failed; decides the error kind counted and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The CPU deadline passed (epoch interruption).
+    Timeout,
+    /// The guest tried to grow memory past its limit.
+    Memory,
+    /// Any other trap: unreachable (a Rust panic), out-of-bounds access, `proc_exit`...
+    Trap(String),
+}
+
+impl Failure {
+    fn from_error(e: wasmtime::Error) -> Failure {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Failure::Timeout,
+            _ => {
+                let text = format!("{e:#}");
+                if text.contains("forcing trap when growing memory") {
+                    Failure::Memory
+                } else {
+                    Failure::Trap(text.lines().next().unwrap_or("trap").to_string())
+                }
+            }
+        }
+    }
+
+    /// Index into [`super::shared::ERROR_KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            Failure::Trap(_) => 0,
+            Failure::Timeout => 1,
+            Failure::Memory => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => write!(f, "CPU deadline exceeded"),
+            Failure::Memory => write!(f, "memory limit exceeded"),
+            Failure::Trap(t) => write!(f, "trap: {t}"),
+        }
+    }
+}
+
+/// The guest's callbacks; the optional ones a filter may not export.
+struct Exports {
+    context_create: TypedFunc<(i32, i32), ()>,
+    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    delete: Option<TypedFunc<i32, ()>>,
+}
+
+pub struct Vm {
+    store: Store<HostState>,
+    exports: Exports,
+    next_context: i32,
+    /// Epoch ticks a callback may run (the ticker advances one per millisecond).
+    ticks: u64,
+}
+
+/// Start-up callbacks (`_initialize`, `on_vm_start`, `on_configure`) get this long.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(2);
+pub const TICK: Duration = Duration::from_millis(1);
+
+impl Vm {
+    /// Instantiates and starts a VM: `_initialize`, root context, `on_vm_start`,
+    /// `on_configure`. The error says which step failed and why.
+    pub fn start(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        state: HostState,
+        cpu_limit: Duration,
+    ) -> Result<Vm, String> {
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(STARTUP_DEADLINE));
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiation failed: {}", Failure::from_error(e)))?;
+        let has = |store: &mut Store<HostState>, name: &str| {
+            instance.get_func(&mut *store, name).is_some()
+        };
+        if !has(&mut store, "proxy_abi_version_0_2_1")
+            && !has(&mut store, "proxy_abi_version_0_2_0")
+        {
+            return Err(
+                "not a proxy-wasm module: it exports neither proxy_abi_version_0_2_1 nor proxy_abi_version_0_2_0"
+                    .into(),
+            );
+        }
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|_| {
+                "the module exports no allocator (proxy_on_memory_allocate or malloc)".to_string()
+            })?;
+        store.data_mut().alloc = Some(alloc);
+        let typed = |store: &mut Store<HostState>, name: &str| instance.get_func(&mut *store, name);
+        macro_rules! opt {
+            ($name:literal) => {
+                match typed(&mut store, $name) {
+                    Some(f) => Some(
+                        f.typed(&store)
+                            .map_err(|e| format!("export {}: {e}", $name))?,
+                    ),
+                    None => None,
+                }
+            };
+        }
+        let exports = Exports {
+            context_create: opt!("proxy_on_context_create")
+                .ok_or("the module does not export proxy_on_context_create")?,
+            request_headers: opt!("proxy_on_request_headers"),
+            response_headers: opt!("proxy_on_response_headers"),
+            log: opt!("proxy_on_log"),
+            done: opt!("proxy_on_done"),
+            delete: opt!("proxy_on_delete"),
+        };
+        let vm_start: Option<TypedFunc<(i32, i32), i32>> = opt!("proxy_on_vm_start");
+        let configure: Option<TypedFunc<(i32, i32), i32>> = opt!("proxy_on_configure");
+        let init: Option<TypedFunc<(), ()>> = opt!("_initialize");
+        store.data_mut().scope.phase = Some(Phase::Root);
+        let step = |r: wasmtime::Result<()>, what: &str| {
+            r.map_err(|e| format!("{what} failed: {}", Failure::from_error(e)))
+        };
+        if let Some(f) = init {
+            step(f.call(&mut store, ()), "_initialize")?;
+        }
+        step(
+            exports
+                .context_create
+                .call(&mut store, (ROOT_CONTEXT_ID, 0)),
+            "creating the root context",
+        )?;
+        if let Some(f) = vm_start {
+            let ok = f
+                .call(&mut store, (ROOT_CONTEXT_ID, 0))
+                .map_err(|e| format!("on_vm_start failed: {}", Failure::from_error(e)))?;
+            if ok == 0 {
+                return Err("on_vm_start returned false".into());
+            }
+        }
+        if let Some(f) = configure {
+            let len = store.data().plugin_config.len() as i32;
+            let ok = f
+                .call(&mut store, (ROOT_CONTEXT_ID, len))
+                .map_err(|e| format!("on_configure failed: {}", Failure::from_error(e)))?;
+            if ok == 0 {
+                return Err(
+                    "on_configure rejected the plugin configuration (see the plugin's log)".into(),
+                );
+            }
+        }
+        store.data_mut().scope = Scope::default();
+        Ok(Vm {
+            store,
+            exports,
+            next_context: ROOT_CONTEXT_ID + 1,
+            ticks: ticks(cpu_limit),
+        })
+    }
+
+    /// Runs `f` with `scope` installed and the CPU deadline armed; the scope is cleared
+    /// afterwards whatever happened.
+    fn scoped<R>(
+        &mut self,
+        scope: Scope,
+        f: impl FnOnce(&mut Store<HostState>, &Exports) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        self.store.data_mut().scope = scope;
+        self.store.set_epoch_deadline(self.ticks);
+        let r = f(&mut self.store, &self.exports);
+        self.store.data_mut().scope = Scope::default();
+        r.map_err(Failure::from_error)
+    }
+
+    /// Creates an HTTP context and runs `on_request_headers`. Returns the context id
+    /// and whether the plugin asked for a local response (taken from the store).
+    pub fn request_headers(
+        &mut self,
+        scope: Scope,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<(i32, Option<super::state::LocalResponse>), Failure> {
+        let ctx = self.next_context;
+        self.next_context = self
+            .next_context
+            .checked_add(1)
+            .unwrap_or(ROOT_CONTEXT_ID + 1);
+        self.store.data_mut().local_response = None;
+        self.scoped(scope, |store, ex| {
+            ex.context_create
+                .call(&mut *store, (ctx, ROOT_CONTEXT_ID))?;
+            if let Some(f) = &ex.request_headers {
+                let _action =
+                    f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32))?;
+            }
+            Ok(())
+        })?;
+        Ok((ctx, self.store.data_mut().local_response.take()))
+    }
+
+    pub fn response_headers(
+        &mut self,
+        scope: Scope,
+        ctx: i32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Result<Option<super::state::LocalResponse>, Failure> {
+        self.store.data_mut().local_response = None;
+        self.scoped(scope, |store, ex| {
+            if let Some(f) = &ex.response_headers {
+                let _action =
+                    f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32))?;
+            }
+            Ok(())
+        })?;
+        Ok(self.store.data_mut().local_response.take())
+    }
+
+    /// `on_log`, `on_done`, `on_delete`: the end of a context.
+    pub fn finish(&mut self, scope: Scope, ctx: i32) -> Result<(), Failure> {
+        self.scoped(scope, |store, ex| {
+            if let Some(f) = &ex.log {
+                f.call(&mut *store, ctx)?;
+            }
+            if let Some(f) = &ex.done {
+                f.call(&mut *store, ctx)?;
+            }
+            if let Some(f) = &ex.delete {
+                f.call(&mut *store, ctx)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+}
