@@ -9,8 +9,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use weir::config::{Config, TargetSpec, UpstreamConfig};
 use weir::metrics::Metrics;
+use weir::plugin::PluginHost;
 use weir::router::Router;
-use weir::snapshot::Snapshot;
+use weir::snapshot::{BuildEnv, Snapshot};
 use weir_benches::synthetic_routes;
 
 fn lookup(c: &mut Criterion) {
@@ -65,8 +66,14 @@ fn build(c: &mut Criterion) {
         ..Config::default()
     };
     let metrics = Metrics::default();
+    let plugins = PluginHost::new(None);
+    let env = BuildEnv {
+        metrics: &metrics,
+        plugins: &plugins,
+        base_dir: std::path::Path::new("."),
+    };
     c.bench_function("snapshot_build_10k", |b| {
-        b.iter(|| Snapshot::build(black_box(config.clone()), None, &metrics, 1))
+        b.iter(|| Snapshot::build(black_box(config.clone()), None, &env, 1))
     });
 }
 
