@@ -111,11 +111,15 @@ fn protected(name: &[u8]) -> bool {
     .any(|p| name.eq_ignore_ascii_case(p))
 }
 
-/// The pairs of a map, pseudo-headers first (as Envoy presents them).
+/// The pairs of a map, pseudo-headers first (as Envoy presents them). A map that does
+/// not exist in this phase reads as empty, as in Envoy: the Rust SDK treats any status
+/// but `Ok` from this call as fatal.
 fn map_pairs(st: &mut HostState, map: i32) -> Result<abi::Pairs, Status> {
     match map {
         abi::MAP_REQUEST_HEADERS => {
-            let req = st.request_mut().ok_or(Status::NotFound)?;
+            let Some(req) = st.request_mut() else {
+                return Ok(Vec::new());
+            };
             let mut out = vec![
                 (b":method".to_vec(), req.method.as_str().as_bytes().to_vec()),
                 (
@@ -139,7 +143,9 @@ fn map_pairs(st: &mut HostState, map: i32) -> Result<abi::Pairs, Status> {
             Ok(out)
         }
         abi::MAP_RESPONSE_HEADERS => {
-            let resp = st.response_mut().ok_or(Status::NotFound)?;
+            let Some(resp) = st.response_mut() else {
+                return Ok(Vec::new());
+            };
             let mut out = vec![(
                 b":status".to_vec(),
                 resp.status.as_str().as_bytes().to_vec(),
@@ -151,7 +157,7 @@ fn map_pairs(st: &mut HostState, map: i32) -> Result<abi::Pairs, Status> {
             );
             Ok(out)
         }
-        abi::MAP_REQUEST_TRAILERS..=abi::MAP_HTTP_CALL_RESPONSE_TRAILERS => Err(Status::NotFound),
+        abi::MAP_REQUEST_TRAILERS..=abi::MAP_HTTP_CALL_RESPONSE_TRAILERS => Ok(Vec::new()),
         _ => Err(Status::BadArgument),
     }
 }
