@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prereqs.sh
+# The e2e suite runs the built-in policies through the gateway.
+bash scripts/build-plugins.sh
 cargo test --workspace --locked "$@"

@@ -180,7 +180,8 @@ fn map_get(st: &mut HostState, map: i32, key: &[u8]) -> Result<Vec<u8>, Status> 
         }
         _ => return Err(Status::BadArgument),
     };
-    // Several values of one header are joined with ", " as Envoy does.
+    // Several values of one header are joined with ", " (RFC 9110 list semantics;
+    // Envoy returns only the first, which hides the others from a policy).
     let mut values = headers.get_all(&name).iter();
     let first = values.next().ok_or(Status::NotFound)?;
     let mut out = first.as_bytes().to_vec();

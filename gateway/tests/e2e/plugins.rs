@@ -352,3 +352,134 @@ plugins = ["ghost"]
         "{out}"
     );
 }
+
+/// A built-in policy from `plugins/dist` (built by `scripts/build-plugins.sh`, which
+/// the test command runs first).
+fn built_plugin(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `bash scripts/build-plugins.sh`",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn transform_policy_built_with_the_sdk_runs_in_the_gateway() {
+    let up = Upstream::with_handler("app", |r| {
+        Reply::Send(
+            200,
+            vec![("server".into(), "upstream/1.0".into())],
+            r.path.clone().into_bytes(),
+        )
+    });
+    let cfg = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+
+[[plugins]]
+name = "transform"
+wasm = "{}"
+config.request.headers = {{ set = {{ x-gateway = "weir" }}, remove = ["x-debug"], rename = {{ x-user = "x-upstream-user" }} }}
+config.request.path = {{ replace_prefix = {{ from = "/v1", to = "/api/v1" }} }}
+config.request.query = {{ add = {{ source = "weir" }}, remove = ["token"] }}
+config.response.headers = {{ remove = ["server"], set = {{ cache-control = "no-store" }} }}
+
+[[routes]]
+name = "api"
+paths = ["/v1"]
+upstream = "app"
+plugins = ["transform"]
+"#,
+        up.addr,
+        built_plugin("transform")
+    );
+    let w = Weir::start(&cfg);
+    let r = Req::get("/v1/users?token=secret&page=2")
+        .header("x-debug", "1")
+        .header("x-user", "ada")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "/api/v1/users?page=2&source=weir");
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-gateway"), Some("weir"));
+    assert_eq!(seen.header("x-debug"), None);
+    assert_eq!(seen.header("x-upstream-user"), Some("ada"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("server"), None);
+    // Its calls are counted per phase.
+    assert!(
+        w.metric("weir_plugin_calls_total{plugin=\"transform\",phase=\"request_headers\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn a_bad_policy_config_is_rejected_on_reload_and_the_old_one_serves() {
+    let up = Upstream::start("app");
+    let cfg = |header: &str| {
+        format!(
+            r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+[[plugins]]
+name = "transform"
+wasm = "{}"
+config.request.headers = {{ set = {{ {header} = "1" }} }}
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["transform"]
+"#,
+            up.addr,
+            built_plugin("transform")
+        )
+    };
+    let w = Weir::start(&cfg("x-one"));
+    w.get("/");
+    assert_eq!(up.last().unwrap().header("x-one"), Some("1"));
+    // `host` is a header policies may not write: the plugin refuses the config.
+    w.write_config(&cfg("host"));
+    let r = w.reload();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("plugin `transform`"));
+    w.get("/");
+    assert_eq!(
+        up.last().unwrap().header("x-one"),
+        Some("1"),
+        "the old plugin still runs"
+    );
+    // A changed, valid config swaps the plugin.
+    w.write_config(&cfg("x-two"));
+    assert_eq!(w.reload().status, 200);
+    w.get("/");
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-two"), Some("1"));
+    assert_eq!(seen.header("x-one"), None);
+}
