@@ -483,3 +483,66 @@ plugins = ["transform"]
     assert_eq!(seen.header("x-two"), Some("1"));
     assert_eq!(seen.header("x-one"), None);
 }
+
+#[test]
+fn standard_proxy_wasm_filters_run_unmodified() {
+    let up = Upstream::with_handler("app", |r| Reply::ok(&r.path));
+    let cfg = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+[[plugins]]
+name = "add-header"
+wasm = "{}"
+config = "from-config"
+[[plugins]]
+name = "deny-local"
+wasm = "{}"
+[[routes]]
+name = "rewrite"
+paths = ["/old", "/plain"]
+upstream = "app"
+plugins = ["add-header"]
+[[routes]]
+name = "guarded"
+paths = ["/guarded"]
+upstream = "app"
+plugins = ["add-header", "deny-local"]
+"#,
+        up.addr,
+        built_plugin("test/add-header"),
+        built_plugin("test/deny-local"),
+    );
+    let w = Weir::start(&cfg);
+
+    // Header rewriting, `:path` rewriting, response headers, plugin configuration.
+    let r = w.get("/old/thing?x=1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "/new/thing?x=1");
+    assert_eq!(r.header("x-filter-response"), Some("yes"));
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-filter"), Some("from-config"));
+    assert_eq!(seen.header("x-path-seen"), Some("/old/thing?x=1"));
+
+    // A local answer from a filter later in the chain; the earlier one still ran.
+    let before = up.hits();
+    let r = w.get("/guarded");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "forbidden by filter\n");
+    assert_eq!(r.header("x-denied-by"), Some("deny-local"));
+    assert_eq!(up.hits(), before);
+    let r = Req::get("/guarded")
+        .header("x-allow", "yes")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().unwrap().header("x-filter"), Some("from-config"));
+}
