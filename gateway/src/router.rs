@@ -93,9 +93,34 @@ struct PathTable {
     prefix: FxHashMap<Box<str>, Vec<Entry>>,
     /// Distinct prefix lengths, longest first.
     prefix_lens: Vec<usize>,
-    regex_set: Option<RegexSet>,
+    /// Regexes in precedence order (priority, then file order): their index is their rank.
     regex_entries: Vec<Entry>,
     regex_sources: Vec<String>,
+    /// Anchored regexes with a literal start (`^/v1/...`), indexed by that literal: only
+    /// those whose literal starts the path are run.
+    regex_by_literal: FxHashMap<Box<str>, Vec<(usize, Regex)>>,
+    /// Distinct literal lengths, longest first.
+    literal_lens: Vec<usize>,
+    /// The other regexes, run together; `set_ranks[i]` is the rank of pattern `i`.
+    regex_set: Option<RegexSet>,
+    set_ranks: Vec<usize>,
+}
+
+/// The literal a `^`-anchored pattern starts with (`^/v1/items/[0-9]+` → `/v1/items/`),
+/// if it has one of at least two bytes.
+fn literal_prefix(re: &str) -> Option<&str> {
+    let body = re.strip_prefix('^')?;
+    let end = body
+        .find(|c: char| "\\.+*?()|[]{}^$".contains(c))
+        .unwrap_or(body.len());
+    let mut lit = &body[..end];
+    // A quantifier after the literal makes its last character optional.
+    if body[end..].starts_with(['?', '*', '{']) {
+        lit = &lit[..lit
+            .len()
+            .saturating_sub(lit.chars().last().map_or(0, char::len_utf8))];
+    }
+    (lit.len() >= 2).then_some(lit)
 }
 
 impl PathTable {
@@ -133,8 +158,28 @@ impl PathTable {
                 .map(|&i| self.regex_sources[i].clone())
                 .collect();
             self.regex_entries = order.iter().map(|&i| self.regex_entries[i]).collect();
-            // Every source compiled on its own during validation, so the set compiles too.
-            self.regex_set = RegexSet::new(&sources).ok();
+            let mut rest = Vec::new();
+            for (rank, src) in sources.iter().enumerate() {
+                // Every source compiled on its own during validation.
+                match (literal_prefix(src), Regex::new(src)) {
+                    (Some(lit), Ok(re)) => self
+                        .regex_by_literal
+                        .entry(lit.into())
+                        .or_default()
+                        .push((rank, re)),
+                    _ => {
+                        rest.push(src.as_str());
+                        self.set_ranks.push(rank);
+                    }
+                }
+            }
+            let mut lens: Vec<usize> = self.regex_by_literal.keys().map(|k| k.len()).collect();
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+            self.literal_lens = lens;
+            if !rest.is_empty() {
+                self.regex_set = RegexSet::new(&rest).ok();
+            }
             self.regex_sources = sources;
         }
     }
@@ -166,16 +211,39 @@ impl PathTable {
                 return Some(m);
             }
         }
-        let set = self.regex_set.as_ref()?;
-        let matches = set.matches(path);
-        matches
-            .iter()
-            .map(|i| self.regex_entries[i])
-            .find(|e| cons[e.route as usize].hold(method, headers))
-            .map(|e| RouteMatch {
-                route: e.route as usize,
-                matched_len: path.len(),
-            })
+        // The first regex in precedence order that matches and whose constraints hold.
+        let mut best: Option<usize> = None;
+        let mut consider = |rank: usize| {
+            if best.is_none_or(|b| rank < b)
+                && cons[self.regex_entries[rank].route as usize].hold(method, headers)
+            {
+                best = Some(rank);
+            }
+        };
+        for &len in &self.literal_lens {
+            if len > path.len() || !path.is_char_boundary(len) {
+                continue;
+            }
+            for (rank, re) in self
+                .regex_by_literal
+                .get(&path[..len])
+                .into_iter()
+                .flatten()
+            {
+                if re.is_match(path) {
+                    consider(*rank);
+                }
+            }
+        }
+        if let Some(set) = &self.regex_set {
+            for i in set.matches(path).iter() {
+                consider(self.set_ranks[i]);
+            }
+        }
+        best.map(|rank| RouteMatch {
+            route: self.regex_entries[rank].route as usize,
+            matched_len: path.len(),
+        })
     }
 }
 
@@ -445,6 +513,38 @@ mod tests {
             .lookup("h", "/api/users", &Method::GET, &HeaderMap::new())
             .unwrap();
         assert_eq!(m.matched_len, 4);
+    }
+
+    #[test]
+    fn literal_prefixes_of_regexes() {
+        assert_eq!(literal_prefix("^/v1/items/[0-9]+$"), Some("/v1/items/"));
+        assert_eq!(literal_prefix("^/ab?c"), Some("/a"));
+        assert_eq!(literal_prefix("^/api?x"), Some("/ap"));
+        assert_eq!(literal_prefix("/v1/"), None, "unanchored");
+        assert_eq!(literal_prefix("^(?i)/v1"), None);
+        assert_eq!(literal_prefix("^/[a-z]"), None, "too short");
+    }
+
+    #[test]
+    fn indexed_and_unindexed_regexes_keep_precedence() {
+        let routes = vec![
+            route("any-v", &[], &["~/v[0-9]+/"], 0),
+            route("literal", &[], &["~^/v1/items$"], 0),
+            route("boosted", &[], &["~^/v2/"], 3),
+        ];
+        let r = Router::build(&routes);
+        // File order: the unanchored one comes first for /v1/items.
+        assert_eq!(
+            find(&r, &routes, "x", "/v1/items").as_deref(),
+            Some("any-v")
+        );
+        // Priority beats file order.
+        assert_eq!(find(&r, &routes, "x", "/v2/x").as_deref(), Some("boosted"));
+        assert_eq!(
+            find(&r, &routes, "x", "/v1/other").as_deref(),
+            Some("any-v")
+        );
+        assert_eq!(find(&r, &routes, "x", "/w/items"), None);
     }
 
     #[test]
