@@ -619,6 +619,14 @@ upstream = "echo"
 """
 
 
+PLUGIN_TRANSFORM = f"""
+[[plugins]]
+name = "transform"
+wasm = "{REPO / 'plugins' / 'dist' / 'transform.wasm'}"
+config.request.headers = {{ set = {{ x-gateway = "weir" }} }}
+"""
+
+
 def start_weir(ctx: Ctx, name: str = "weir", access_log_file: bool = False,
                route_extra: str = "", extra: str = "") -> Server:
     """Weir with one route "/" to the echo upstream. `route_extra` is appended to the
@@ -667,7 +675,12 @@ VARIANTS: list[Variant] = [
     Variant("weir", "weir (no plugins)", partial(start_weir, name="weir")),
     Variant("weir-log", "weir (access log to file)",
             partial(start_weir, name="weir-log", access_log_file=True)),
-    # <- plugin variants go here (see the TODO above)
+    # One header-setting plugin: the built-in `transform` policy (built with the SDK)
+    # setting one request header. Needs `bash scripts/build-plugins.sh` first.
+    Variant("weir-1-plugin", "weir + 1 header plugin (transform)",
+            partial(start_weir, name="weir-1-plugin", route_extra='plugins = ["transform"]',
+                    extra=PLUGIN_TRANSFORM), plugin=True),
+    # <- "weir + key-auth + rate-limit + transform" goes here once those policies exist.
 ]
 REFERENCES = ["nginx", "pingora-baseline"]
 
@@ -1005,7 +1018,10 @@ def render_markdown(meta: dict, summary: dict, variants: list[Variant], rates: l
     L.append("")
     tv = meta["versions"]
     L.append(f"Command: `{meta['command']}`  ")
-    L.append(f"Build: {meta['bin_dir']} (git {tv.get('git', '?')}); nginx {tv.get('nginx', '?')}; "
+    built = meta.get("binaries_built") or {}
+    built_txt = ", ".join(f"{k} {t}" for k, t in built.items())
+    L.append(f"Build: {meta['bin_dir']} ({built_txt}; working tree at git {tv.get('git', '?')}); "
+             f"nginx {tv.get('nginx', '?')}; "
              f"wrk {tv.get('wrk', '?')}.  ")
     L.append(f"Pinning: {meta['pinning']}.  ")
     L.append(f"Rounds: {meta['rounds']} measured"
@@ -1228,6 +1244,9 @@ def main(argv: list[str]) -> int:
             "machine": machine_description(),
             "versions": tool_versions(nginx) if nginx else {},
             "bin_dir": os.path.relpath(args.bin_dir, REPO) if args.bin_dir.is_relative_to(REPO) else str(args.bin_dir),
+            # copy2 kept the mtimes: when each binary was built (the tree may have moved on)
+            "binaries_built": {k: dt.datetime.fromtimestamp(b.stat().st_mtime, dt.timezone.utc)
+                               .strftime("%Y-%m-%d %H:%M UTC") for k, b in bins.items()},
             "pinning": pin.note,
             "rounds": args.rounds,
             "warmup_round": args.warmup_round,
