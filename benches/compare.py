@@ -1194,7 +1194,8 @@ def parse_args(argv: list[str]):
     if a.rounds < 1 or a.duration <= 0 or a.connections < 1 or any(r <= 0 for r in a.rate_list):
         ap.error("--rounds, --duration, --connections and --rates must be positive")
     if a.bin_dir is None:
-        a.bin_dir = REPO / "target" / ("debug" if a.smoke else "release")
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+        a.bin_dir = target / ("debug" if a.smoke else "release")
     elif not a.bin_dir.is_absolute():
         a.bin_dir = (Path.cwd() / a.bin_dir).resolve()
     a.warmup_round = not a.smoke and not a.no_warmup_round
