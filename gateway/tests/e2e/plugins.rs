@@ -122,35 +122,17 @@ paths = ["/deny"]
 upstream = "app"
 plugins = ["headers", "deny"]
 [[routes]]
-name = "loop"
-paths = ["/loop"]
-upstream = "app"
-plugins = ["loop"]
-[[routes]]
-name = "bomb"
-paths = ["/bomb"]
-upstream = "app"
-plugins = ["bomb"]
-[[routes]]
-name = "panic"
-paths = ["/panic"]
-upstream = "app"
-plugins = ["panic"]
-[[routes]]
-name = "oob"
-paths = ["/oob"]
-upstream = "app"
-plugins = ["oob"]
-[[routes]]
-name = "unsupported"
-paths = ["/unsupported"]
-upstream = "app"
-plugins = ["unsupported"]
-[[routes]]
 name = "plain"
 paths = ["/plain"]
 upstream = "app"
-"#
+{}"#,
+        // One route per single-plugin case: /NAME runs plugin NAME.
+        ["loop", "bomb", "panic", "oob", "unsupported"]
+            .iter()
+            .map(|p| format!(
+                "[[routes]]\nname = \"{p}\"\npaths = [\"/{p}\"]\nupstream = \"app\"\nplugins = [\"{p}\"]\n"
+            ))
+            .collect::<String>()
     )
 }
 
