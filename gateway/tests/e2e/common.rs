@@ -481,6 +481,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<SeenRequest>>>,
     pub hits: Arc<AtomicUsize>,
     pub healthy: Arc<AtomicBool>,
+    /// Server names clients sent in TLS handshakes (TLS upstreams only).
+    pub sni: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -494,6 +496,42 @@ impl Upstream {
         name: &str,
         handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
+        Self::serve(name, Arc::new(handler), None)
+    }
+
+    /// The same server behind TLS with the given certificate and key (PEM).
+    pub fn tls(name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Upstream {
+        use openssl::ssl::{SslAcceptor, SslMethod};
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+        b.set_certificate(&openssl::x509::X509::from_pem(cert_pem).expect("cert"))
+            .expect("set cert");
+        b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key_pem).expect("key"))
+            .expect("set key");
+        let sni: Arc<Mutex<Vec<String>>> = Default::default();
+        let log = sni.clone();
+        b.set_servername_callback(move |ssl, _| {
+            if let (Some(n), Ok(mut l)) = (
+                ssl.servername(openssl::ssl::NameType::HOST_NAME),
+                log.lock(),
+            ) {
+                l.push(n.to_string());
+            }
+            Ok(())
+        });
+        let mut up = Self::serve(
+            name,
+            Arc::new(|_: &SeenRequest| Reply::ok("")),
+            Some(Arc::new(b.build())),
+        );
+        up.sni = sni;
+        up
+    }
+
+    fn serve(
+        name: &str,
+        handler: Arc<Handler>,
+        tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let up = Upstream {
@@ -502,9 +540,9 @@ impl Upstream {
             seen: Default::default(),
             hits: Default::default(),
             healthy: Arc::new(AtomicBool::new(true)),
+            sni: Default::default(),
             stop: Default::default(),
         };
-        let handler: Arc<Handler> = Arc::new(handler);
         let (seen, hits, healthy, stop, name) = (
             up.seen.clone(),
             up.hits.clone(),
@@ -518,15 +556,24 @@ impl Upstream {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (handler, seen, hits, healthy, name) = (
+                let (handler, seen, hits, healthy, name, tls) = (
                     handler.clone(),
                     seen.clone(),
                     hits.clone(),
                     healthy.clone(),
                     name.clone(),
+                    tls.clone(),
                 );
                 std::thread::spawn(move || {
-                    serve_conn(stream, &*handler, &seen, &hits, &healthy, &name)
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    match tls {
+                        None => serve_conn(stream, &*handler, &seen, &hits, &healthy, &name),
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream) {
+                                serve_conn(s, &*handler, &seen, &hits, &healthy, &name)
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -553,15 +600,14 @@ impl Drop for Upstream {
     }
 }
 
-fn serve_conn(
-    stream: TcpStream,
+fn serve_conn<S: Read + Write>(
+    stream: S,
     handler: &Handler,
     seen: &Mutex<Vec<SeenRequest>>,
     hits: &AtomicUsize,
     healthy: &AtomicBool,
     name: &str,
 ) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();

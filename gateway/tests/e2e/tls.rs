@@ -172,3 +172,58 @@ certs = [{ cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" }]
         "{out}"
     );
 }
+
+#[test]
+fn upstream_tls_with_sni_and_verification() {
+    let certs = tempfile::tempdir().unwrap();
+    make_cert(certs.path(), "backend.test");
+    let cert = std::fs::read(certs.path().join("backend.test.pem")).unwrap();
+    let key = std::fs::read(certs.path().join("backend.test.key")).unwrap();
+    let up = Upstream::tls("secure", &cert, &key);
+    let cfg = |tls: &str| {
+        format!(
+            r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "secure"
+targets = ["{}"]
+tls = {tls}
+passive = {{ max_failures = 0 }}
+retries = 0
+[[routes]]
+name = "r"
+upstream = "secure"
+"#,
+            up.addr
+        )
+    };
+    // Verification off: the self-signed certificate is accepted.
+    let w = Weir::start(&cfg(r#"{ sni = "backend.test", verify = false }"#));
+    let r = w.get("/x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("secure"));
+    assert_eq!(up.last().unwrap().path, "/x");
+    assert_eq!(
+        up.sni.lock().unwrap().last().map(String::as_str),
+        Some("backend.test")
+    );
+    drop(w);
+
+    // Verification on: a certificate no CA vouches for is refused, as a JSON 502.
+    let before = up.hits();
+    let w = Weir::start(&cfg(r#"{ sni = "backend.test", verify = true }"#));
+    let r = w.get("/y");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_connect_failed");
+    assert_eq!(
+        up.hits(),
+        before,
+        "no request crossed an unverified connection"
+    );
+}
