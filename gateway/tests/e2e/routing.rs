@@ -332,3 +332,75 @@ fn oversized_or_too_many_headers_get_431() {
         200
     );
 }
+
+#[test]
+fn http2_requests_are_proxied_with_h2c() {
+    let up = Upstream::with_handler("echo", |r| Reply::ok(&format!("{} {}", r.method, r.path)));
+    let cfg = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+h2c = true
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "echo"
+targets = ["{}"]
+[[routes]]
+name = "all"
+upstream = "echo"
+"#,
+        up.addr
+    );
+    let w = Weir::start(&cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (statuses, bodies, ids) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut statuses = Vec::new();
+        let mut bodies = Vec::new();
+        let mut ids = Vec::new();
+        // Several streams on one connection, concurrently.
+        let mut pending = Vec::new();
+        for i in 0..5 {
+            let mut c = client.clone().ready().await.unwrap();
+            let req = http::Request::builder()
+                .uri(format!("http://test.local/h2/{i}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = c.send_request(req, true).unwrap();
+            pending.push(resp);
+        }
+        for resp in pending {
+            let resp = tokio::time::timeout(std::time::Duration::from_secs(10), resp)
+                .await
+                .expect("in time")
+                .expect("response");
+            statuses.push(resp.status().as_u16());
+            ids.push(resp.headers().get("x-request-id").is_some());
+            let mut body = resp.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            bodies.push(String::from_utf8(bytes).unwrap());
+        }
+        (statuses, bodies, ids)
+    });
+    assert_eq!(statuses, vec![200; 5]);
+    for (i, b) in bodies.iter().enumerate() {
+        assert_eq!(b, &format!("GET /h2/{i}"));
+    }
+    assert!(ids.iter().all(|x| *x));
+    // The same listener still serves HTTP/1.1.
+    assert_eq!(w.get("/h1").text(), "GET /h1");
+}
