@@ -325,9 +325,10 @@ impl Upstream {
                 .store(now + h.interval.get().as_millis() as u64, Ordering::Relaxed);
             let up = self.clone();
             tokio::spawn(async move {
-                let h = up.config.health.as_ref().expect("checked above");
-                let ok = probe(up.targets[i].addr, h).await;
-                up.record_check(i, ok, h);
+                if let Some(h) = &up.config.health {
+                    let ok = probe(up.targets[i].addr, h).await;
+                    up.record_check(i, ok, h);
+                }
                 up.targets[i].checking.store(false, Ordering::Release);
             });
         }
