@@ -27,7 +27,10 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
-use crate::plugin::{Active, LocalResponse, Properties, RequestInfo, Verdict, Views};
+use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo, Verdict, Views};
+
+/// HTTP calls one plugin may make for one request.
+const MAX_PLUGIN_CALLS: usize = 16;
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
 use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
@@ -354,6 +357,7 @@ impl ProxyHttp for WeirProxy {
                 route: Some(snap.routes[m.route].name.clone()),
                 request_id: ctx.request_id.clone(),
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                upstreams: snap.upstream_names.clone(),
             };
             for plugin in &snap.routes[m.route].plugins {
                 let mut views = Views {
@@ -362,10 +366,44 @@ impl ProxyHttp for WeirProxy {
                     info: &info,
                     properties: &mut ctx.properties,
                 };
-                let (active, verdict) = plugin.request_headers(&mut views);
+                let (active, mut verdict) = plugin.request_headers(&mut views);
+                // HTTP calls the plugin dispatched: made now (the request waits), each
+                // answer handed back; answers may dispatch more, up to a bound.
+                if let (Verdict::Calls(calls), Some(a)) = (&verdict, &active) {
+                    let mut queue: std::collections::VecDeque<PendingCall> =
+                        calls.iter().cloned().collect();
+                    let mut made = 0;
+                    verdict = Verdict::Continue;
+                    while let Some(call) = queue.pop_front() {
+                        made += 1;
+                        if made > MAX_PLUGIN_CALLS {
+                            tracing::warn!(
+                                plugin = &*plugin.name,
+                                "too many HTTP calls for one request"
+                            );
+                            verdict = Verdict::Deny;
+                            break;
+                        }
+                        let resp = crate::plugin::call::perform(&snap, &call).await;
+                        let mut views = Views {
+                            request: session.req_header_mut(),
+                            response: None,
+                            info: &info,
+                            properties: &mut ctx.properties,
+                        };
+                        match plugin.http_call_response(a, call.token, resp, &mut views) {
+                            Verdict::Continue => {}
+                            Verdict::Calls(more) => queue.extend(more),
+                            other => {
+                                verdict = other;
+                                break;
+                            }
+                        }
+                    }
+                }
                 ctx.plugins.extend(active);
                 match verdict {
-                    Verdict::Continue => {}
+                    Verdict::Continue | Verdict::Calls(_) => {}
                     Verdict::Respond(local) => {
                         ctx.plugin_info = Some(info);
                         ctx.snapshot = Some(snap);
@@ -618,7 +656,8 @@ impl ProxyHttp for WeirProxy {
                     properties: &mut ctx.properties,
                 };
                 match a.plugin().response_headers(a, &mut views) {
-                    Verdict::Continue => {}
+                    // Calls can only be dispatched while the request waits.
+                    Verdict::Continue | Verdict::Calls(_) => {}
                     Verdict::Respond(local) => {
                         let status = local.status;
                         ctx.pending_local = Some(local);

@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Names of `upstreams`, the only places plugin HTTP calls may go.
+    pub upstream_names: Arc<[Arc<str>]>,
     pub plugins: Vec<Arc<Plugin>>,
     pub trusted: TrustedProxies,
     pub certs: CertStore,
@@ -203,6 +205,7 @@ impl Snapshot {
             generation,
             router: Router::build(&config.routes),
             routes,
+            upstream_names: upstreams.iter().map(|u| u.name.clone()).collect(),
             upstreams,
             plugins,
             trusted: TrustedProxies::new(&config.server.trusted_proxies),

@@ -157,6 +157,17 @@ fn map_pairs(st: &mut HostState, map: i32) -> Result<abi::Pairs, Status> {
             );
             Ok(out)
         }
+        abi::MAP_HTTP_CALL_RESPONSE_HEADERS => Ok(match &st.call_response {
+            Some(r) => {
+                let mut out = Vec::with_capacity(r.headers.len() + 1);
+                if let Some(s) = r.status {
+                    out.push((b":status".to_vec(), s.to_string().into_bytes()));
+                }
+                out.extend(r.headers.iter().cloned());
+                out
+            }
+            None => Vec::new(),
+        }),
         abi::MAP_REQUEST_TRAILERS..=abi::MAP_HTTP_CALL_RESPONSE_TRAILERS => Ok(Vec::new()),
         _ => Err(Status::BadArgument),
     }
@@ -170,6 +181,18 @@ fn map_get(st: &mut HostState, map: i32, key: &[u8]) -> Result<Vec<u8>, Status> 
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
             .ok_or(Status::NotFound);
+    }
+    if map == abi::MAP_HTTP_CALL_RESPONSE_HEADERS {
+        let values: Vec<Vec<u8>> = map_pairs(st, map)?
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(&key))
+            .map(|(_, v)| v)
+            .collect();
+        return if values.is_empty() {
+            Err(Status::NotFound)
+        } else {
+            Ok(values.join(&b", "[..]))
+        };
     }
     let name = HeaderName::from_bytes(&key).map_err(|_| Status::NotFound)?;
     let headers = match map {
@@ -416,6 +439,10 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          -> wasmtime::Result<i32> {
             let data: Vec<u8> = match buf {
                 abi::BUFFER_PLUGIN_CONFIGURATION => c.data().plugin_config.to_vec(),
+                abi::BUFFER_HTTP_CALL_RESPONSE_BODY => match &c.data().call_response {
+                    Some(r) => r.body.clone(),
+                    None => return Ok(Status::NotFound as i32),
+                },
                 abi::BUFFER_VM_CONFIGURATION => Vec::new(),
                 0..=abi::BUFFER_CALL_DATA => return Ok(Status::NotFound as i32),
                 _ => return Ok(Status::BadArgument as i32),
@@ -611,6 +638,93 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 details: String::from_utf8_lossy(&details).into_owned(),
             });
             Status::Ok as i32
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: C<'_>,
+         uptr: i32,
+         ulen: i32,
+         hptr: i32,
+         hlen: i32,
+         bptr: i32,
+         blen: i32,
+         _tptr: i32,
+         _tlen: i32,
+         timeout_ms: i32,
+         ret_token: i32|
+         -> i32 {
+            if c.data().scope.phase != Some(Phase::RequestHeaders) {
+                return Status::BadArgument as i32;
+            }
+            let (upstream, headers, body) = match (
+                read_str(&mut c, uptr, ulen),
+                read(&mut c, hptr, hlen),
+                read(&mut c, bptr, blen),
+            ) {
+                (Ok(u), Ok(h), Ok(b)) => (u, h, b),
+                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return s as i32,
+            };
+            // Only upstreams of the config: never an arbitrary address, never the admin API.
+            let Some(upstream) = c
+                .data()
+                .info()
+                .and_then(|i| i.upstreams.iter().find(|u| ***u == *upstream).cloned())
+            else {
+                return Status::BadArgument as i32;
+            };
+            let Some(pairs) = abi::deserialize_map(&headers) else {
+                return Status::BadArgument as i32;
+            };
+            let pseudo = |name: &[u8]| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k.as_slice() == name)
+                    .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            };
+            let (Some(method), Some(path)) = (pseudo(b":method"), pseudo(b":path")) else {
+                return Status::BadArgument as i32;
+            };
+            let clean = |v: &[u8]| !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+            let token_like = |v: &[u8]| !v.is_empty() && v.iter().all(|b| b.is_ascii_alphabetic());
+            if !path.starts_with('/') || !token_like(method.as_bytes()) || !clean(path.as_bytes()) {
+                return Status::BadArgument as i32;
+            }
+            let authority = pseudo(b":authority").filter(|a| clean(a.as_bytes()));
+            let mut headers: abi::Pairs = pairs
+                .into_iter()
+                .filter(|(k, v)| {
+                    !k.starts_with(b":")
+                        && !protected(k)
+                        && HeaderName::from_bytes(k).is_ok()
+                        && clean(v)
+                })
+                .collect();
+            headers.push((
+                b"host".to_vec(),
+                authority
+                    .unwrap_or_else(|| upstream.to_string())
+                    .into_bytes(),
+            ));
+            let st = c.data_mut();
+            if st.pending_calls.len() >= 16 {
+                return Status::BadArgument as i32;
+            }
+            let token = st.next_token;
+            st.next_token = st.next_token.wrapping_add(1).max(1);
+            let timeout =
+                std::time::Duration::from_millis((timeout_ms as u32).clamp(1, 60_000) as u64);
+            st.pending_calls.push(super::state::PendingCall {
+                token,
+                upstream,
+                method,
+                path,
+                headers,
+                body,
+                timeout,
+            });
+            status(write_u32(&mut c, ret_token, token).map(|_| Status::Ok))
         },
     )?;
     linker.func_wrap(

@@ -18,6 +18,7 @@
 //! What of the ABI is implemented is listed in `ABI.md` next to this file.
 
 pub mod abi;
+pub mod call;
 mod hostcalls;
 pub mod shared;
 pub mod state;
@@ -36,8 +37,8 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, StoreLimitsBuilder};
 
 use crate::config::{OnError, PluginConfig};
 use shared::{PluginMetrics, PluginStats, SharedData};
+pub use state::{CallResponse, LocalResponse, PendingCall, Properties, RequestInfo};
 use state::{HostState, Phase, Scope};
-pub use state::{LocalResponse, Properties, RequestInfo};
 pub use vm::Failure;
 use vm::Vm;
 
@@ -254,6 +255,9 @@ pub enum Verdict {
     Respond(LocalResponse),
     /// The plugin failed and its `on_error` is `deny`.
     Deny,
+    /// The plugin dispatched HTTP calls and waits for their answers
+    /// ([`Plugin::http_call_response`]).
+    Calls(Vec<PendingCall>),
 }
 
 /// Views of the request a callback may touch.
@@ -262,6 +266,14 @@ pub struct Views<'a> {
     pub response: Option<&'a mut ResponseHeader>,
     pub info: &'a RequestInfo,
     pub properties: &'a mut Properties,
+}
+
+fn verdict(local: Option<LocalResponse>, calls: Vec<PendingCall>) -> Verdict {
+    match (local, calls.is_empty()) {
+        (Some(l), _) => Verdict::Respond(l),
+        (None, false) => Verdict::Calls(calls),
+        (None, true) => Verdict::Continue,
+    }
 }
 
 fn worker_slot(n: usize) -> usize {
@@ -284,6 +296,9 @@ impl Plugin {
             plugin_config: self.config_json.clone(),
             scope: Scope::default(),
             local_response: None,
+            pending_calls: Vec::new(),
+            call_response: None,
+            next_token: 1,
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
             alloc: None,
@@ -337,7 +352,7 @@ impl Plugin {
         self.stats
             .count_call(0, started.elapsed().as_micros() as u64);
         match r {
-            Ok((context, local)) => {
+            Ok((context, local, calls)) => {
                 let active = Active {
                     plugin: self.clone(),
                     slot: i,
@@ -345,12 +360,36 @@ impl Plugin {
                     context,
                 };
                 slot.crashes = 0;
-                (
-                    Some(active),
-                    local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
-                )
+                (Some(active), verdict(local, calls))
             }
             Err(f) => (None, self.fail(&mut slot, &f, "request_headers")),
+        }
+    }
+
+    /// Hands a call's answer to `on_http_call_response`; the plugin may answer locally,
+    /// dispatch further calls, or let the request continue.
+    pub fn http_call_response(
+        &self,
+        a: &Active,
+        token: u32,
+        resp: CallResponse,
+        v: &mut Views<'_>,
+    ) -> Verdict {
+        let mut slot = self.slots[a.slot].lock();
+        if slot.generation != a.generation {
+            return self.error_verdict();
+        }
+        let started = Instant::now();
+        let scope = Self::scope(Phase::RequestHeaders, v);
+        let Some(vm) = slot.vm.as_mut() else {
+            return self.error_verdict();
+        };
+        let r = vm.http_call_response(scope, a.context, token, resp);
+        self.stats
+            .count_call(0, started.elapsed().as_micros() as u64);
+        match r {
+            Ok((local, calls)) => verdict(local, calls),
+            Err(f) => self.fail(&mut slot, &f, "http_call_response"),
         }
     }
 

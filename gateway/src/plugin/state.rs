@@ -38,6 +38,29 @@ pub struct RequestInfo {
     pub route: Option<Arc<str>>,
     pub request_id: String,
     pub tls: bool,
+    /// Upstreams `proxy_http_call` may reach (the snapshot's; never arbitrary addresses).
+    pub upstreams: Arc<[Arc<str>]>,
+}
+
+/// An HTTP call a plugin dispatched (`proxy_http_call`), made by the gateway after the
+/// callback returns.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    pub token: u32,
+    pub upstream: Arc<str>,
+    pub method: String,
+    pub path: String,
+    pub headers: super::abi::Pairs,
+    pub body: Vec<u8>,
+    pub timeout: std::time::Duration,
+}
+
+/// The answer to a [`PendingCall`]; `None` status when the call failed.
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    pub status: Option<u16>,
+    pub headers: super::abi::Pairs,
+    pub body: Vec<u8>,
 }
 
 /// Properties set by plugins during one request (`proxy_set_property`), readable by
@@ -69,6 +92,11 @@ pub struct HostState {
     pub plugin_config: Arc<[u8]>,
     pub scope: Scope,
     pub local_response: Option<LocalResponse>,
+    /// Calls dispatched during the current callback.
+    pub pending_calls: Vec<PendingCall>,
+    /// The call response visible during `on_http_call_response`.
+    pub call_response: Option<CallResponse>,
+    pub next_token: u32,
     pub shared: Arc<SharedData>,
     pub metrics: Arc<PluginMetrics>,
     /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), found after

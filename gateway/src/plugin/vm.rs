@@ -6,7 +6,7 @@ use std::time::Duration;
 use wasmtime::{Engine, InstancePre, Store, Trap, TypedFunc};
 
 use super::abi::ROOT_CONTEXT_ID;
-use super::state::{HostState, Phase, Scope};
+use super::state::{CallResponse, HostState, LocalResponse, PendingCall, Phase, Scope};
 
 /// Why a guest call failed; decides the error kind counted and logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +54,14 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// (context, token, header count, body size, trailer count).
+type CallResponseArgs = (i32, i32, i32, i32, i32);
+
 /// The guest's callbacks; the optional ones a filter may not export.
 struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
@@ -126,6 +130,7 @@ impl Vm {
             context_create: opt!("proxy_on_context_create")
                 .ok_or("the module does not export proxy_on_context_create")?,
             request_headers: opt!("proxy_on_request_headers"),
+            http_call_response: opt!("proxy_on_http_call_response"),
             response_headers: opt!("proxy_on_response_headers"),
             log: opt!("proxy_on_log"),
             done: opt!("proxy_on_done"),
@@ -196,7 +201,7 @@ impl Vm {
         scope: Scope,
         num_headers: usize,
         end_of_stream: bool,
-    ) -> Result<(i32, Option<super::state::LocalResponse>), Failure> {
+    ) -> Result<(i32, Option<LocalResponse>, Vec<PendingCall>), Failure> {
         let ctx = self.next_context;
         self.next_context = self
             .next_context
@@ -212,7 +217,43 @@ impl Vm {
             }
             Ok(())
         })?;
-        Ok((ctx, self.store.data_mut().local_response.take()))
+        let st = self.store.data_mut();
+        Ok((
+            ctx,
+            st.local_response.take(),
+            std::mem::take(&mut st.pending_calls),
+        ))
+    }
+
+    /// `proxy_on_http_call_response` with the call's answer visible to the guest.
+    pub fn http_call_response(
+        &mut self,
+        scope: Scope,
+        ctx: i32,
+        token: u32,
+        resp: CallResponse,
+    ) -> Result<(Option<LocalResponse>, Vec<PendingCall>), Failure> {
+        let headers = resp.headers.len() + usize::from(resp.status.is_some());
+        let body = resp.body.len();
+        let st = self.store.data_mut();
+        st.local_response = None;
+        st.call_response = Some(resp);
+        let r = self.scoped(scope, |store, ex| {
+            if let Some(f) = &ex.http_call_response {
+                f.call(
+                    &mut *store,
+                    (ctx, token as i32, headers as i32, body as i32, 0),
+                )?;
+            }
+            Ok(())
+        });
+        let st = self.store.data_mut();
+        st.call_response = None;
+        r?;
+        Ok((
+            st.local_response.take(),
+            std::mem::take(&mut st.pending_calls),
+        ))
     }
 
     pub fn response_headers(
@@ -221,7 +262,7 @@ impl Vm {
         ctx: i32,
         num_headers: usize,
         end_of_stream: bool,
-    ) -> Result<Option<super::state::LocalResponse>, Failure> {
+    ) -> Result<Option<LocalResponse>, Failure> {
         self.store.data_mut().local_response = None;
         self.scoped(scope, |store, ex| {
             if let Some(f) = &ex.response_headers {

@@ -14,7 +14,7 @@ fn module(request_body: &str, response_body: &str, configure_result: i32) -> Str
   (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $queue (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   (data (i32.const 0) "x-plugin")
@@ -175,8 +175,8 @@ fn start(up: &Upstream) -> Weir {
         dir.path(),
         "unsupported.wat",
         &module(
-            // proxy_http_call is not implemented yet: it must answer Unimplemented (12).
-            r#"(if (i32.ne (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 12))
+            // Shared queues are not implemented yet: the call answers Unimplemented (12).
+            r#"(if (i32.ne (call $queue (i32.const 0) (i32.const 0) (i32.const 200)) (i32.const 12))
       (then unreachable))
     (i32.const 0)"#,
             CONTINUE,
@@ -527,4 +527,87 @@ plugins = ["add-header", "deny-local"]
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(up.last().unwrap().header("x-filter"), Some("from-config"));
+}
+
+#[test]
+fn dispatch_http_call_reaches_configured_upstreams_only() {
+    let app = Upstream::start("app");
+    let auth = Upstream::with_handler("auth", |r| {
+        if r.header("x-token") == Some("good") && r.path == "/check" {
+            Reply::Send(200, vec![("x-user".into(), "ada".into())], Vec::new())
+        } else {
+            Reply::Send(401, vec![], b"bad token".to_vec())
+        }
+    });
+    let cfg = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+[[upstreams]]
+name = "auth"
+targets = ["{}"]
+[[upstreams]]
+name = "down"
+targets = ["{}"]
+[[plugins]]
+name = "http-call"
+wasm = "{}"
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["http-call"]
+"#,
+        app.addr,
+        auth.addr,
+        closed_port(),
+        built_plugin("test/http-call"),
+    );
+    let w = Weir::start(&cfg);
+
+    let r = Req::get("/orders")
+        .header("x-token", "good")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(app.last().unwrap().header("x-auth-user"), Some("ada"));
+    let seen = auth.last().unwrap();
+    assert_eq!(seen.header("host"), Some("auth.local"));
+
+    let before = app.hits();
+    let r = Req::get("/orders")
+        .header("x-token", "bad")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "bad token");
+    assert_eq!(r.header("x-auth"), Some("denied"));
+    assert_eq!(app.hits(), before);
+
+    // A failed call (nothing listening) reaches the plugin as a response without status.
+    let r = Req::get("/orders")
+        .header("x-token", "good")
+        .header("x-call-upstream", "down")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    // Names outside the config are refused by the host: never an arbitrary address.
+    for target in ["admin", "127.0.0.1:1", &w.admin.to_string()] {
+        let r = Req::get("/orders")
+            .header("x-token", "good")
+            .header("x-call-upstream", target)
+            .send(w.addr)
+            .unwrap();
+        assert_eq!(r.status, 502, "{target}");
+        assert_eq!(r.text(), "call refused\n");
+    }
+    assert_eq!(app.hits(), before);
 }
