@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod headers;
 pub mod metrics;
 pub mod net;
 pub mod plugin;

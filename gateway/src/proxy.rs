@@ -27,6 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
+use crate::headers::EditableHead;
 use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo, Verdict, Views};
 
 /// HTTP calls one plugin may make for one request.
@@ -88,6 +89,8 @@ pub struct RequestCtx {
     matched_len: usize,
     request_id: String,
     client_ip: Option<IpAddr>,
+    /// The connection's peer (the client, or a proxy in front of it).
+    peer_ip: Option<IpAddr>,
     /// Bit set of target indexes already tried.
     tried: u64,
     attempts: usize,
@@ -157,32 +160,6 @@ fn has_ambiguous_framing(session: &Session) -> bool {
 fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
-
-/// The header operations pingora's request and response heads share (they have no
-/// common trait), so one function applies a route's edits to either.
-trait EditableHead {
-    fn remove(&mut self, name: &HeaderName);
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-}
-
-macro_rules! editable_head {
-    ($t:ty) => {
-        impl EditableHead for $t {
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-            fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.insert_header(name, value)
-            }
-            fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.append_header(name, value).map(|_| ())
-            }
-        }
-    };
-}
-editable_head!(RequestHeader);
-editable_head!(ResponseHeader);
 
 fn apply_edits(h: &mut impl EditableHead, edits: &HeaderEdits) -> Result<()> {
     for name in &edits.remove {
@@ -284,6 +261,7 @@ impl ProxyHttp for WeirProxy {
             matched_len: 0,
             request_id: String::new(),
             client_ip: None,
+            peer_ip: None,
             tried: 0,
             attempts: 0,
             target: None,
@@ -321,6 +299,7 @@ impl ProxyHttp for WeirProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| crate::net::canonical(a.ip()));
+        ctx.peer_ip = peer;
         ctx.client_ip = peer.map(|p| {
             if snap.trusted.is_empty() {
                 p
@@ -573,10 +552,7 @@ impl ProxyHttp for WeirProxy {
         }
 
         // Forwarding headers: believe the client's only when the peer is a trusted proxy.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| crate::net::canonical(a.ip()));
+        let peer = ctx.peer_ip;
         let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
         if let Some(p) = peer {
             let xff = match upstream_request.headers.get(X_FORWARDED_FOR) {

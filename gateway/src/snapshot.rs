@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use sha2::Digest;
 
 use crate::config::{Config, DirectResponse, HeaderOps};
 use crate::metrics::{Histogram, Metrics, RouteMetrics};
@@ -110,21 +109,21 @@ impl Snapshot {
         let metrics = env.metrics;
         let mut plugins: Vec<Arc<Plugin>> = Vec::with_capacity(config.plugins.len());
         for pc in &config.plugins {
-            let hash = std::fs::read(env.base_dir.join(&pc.wasm))
-                .map(|b| <[u8; 32]>::from(sha2::Sha256::digest(&b)))
-                .ok();
+            let fail = |e: String| format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm);
+            // The file is read once: its hash decides reuse, its bytes feed a new load.
+            let (bytes, hash) = PluginHost::read_module(pc, env.base_dir).map_err(fail)?;
             let reused = previous.and_then(|p| {
                 p.plugins
                     .iter()
-                    .find(|x| x.config == *pc && Some(x.hash) == hash)
+                    .find(|x| x.config == *pc && x.hash == hash)
                     .cloned()
             });
             let plugin = match reused {
                 Some(p) => p,
                 None => env
                     .plugins
-                    .load(pc, env.base_dir, config.server.threads)
-                    .map_err(|e| format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm))?,
+                    .load_module(pc, &bytes, hash, config.server.threads)
+                    .map_err(fail)?,
             };
             plugins.push(plugin);
         }

@@ -209,7 +209,7 @@ impl Upstream {
     /// 64 targets reuse bits, which only makes a retry possibly hit a tried target).
     pub fn select(&self, hash_key: &[u8], tried: u64) -> Result<usize, NoTarget> {
         let n = self.targets.len();
-        let usable = |i: usize| tried & (1u64 << (i % 64)) == 0 && self.targets[i].is_healthy();
+        let usable = |i: usize| self.usable(i, tried);
         let picked = match &self.balancer {
             Balancer::RoundRobin { schedule } => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -270,10 +270,12 @@ impl Upstream {
 
     /// Whether a healthy target outside `tried` remains, so a retry can go somewhere.
     pub fn has_untried_healthy(&self, tried: u64) -> bool {
-        self.targets
-            .iter()
-            .enumerate()
-            .any(|(i, t)| tried & (1u64 << (i % 64)) == 0 && t.is_healthy())
+        (0..self.targets.len()).any(|i| self.usable(i, tried))
+    }
+
+    /// Target `i` is healthy and not in the `tried` bit set.
+    fn usable(&self, i: usize, tried: u64) -> bool {
+        tried & (1u64 << (i % 64)) == 0 && self.targets[i].is_healthy()
     }
 
     /// Marks a request as in flight on target `i` until the guard drops.

@@ -13,6 +13,7 @@ use wasmtime::{Caller, Extern, Linker, Memory, Module, Val, ValType};
 
 use super::abi::{self, Status};
 use super::state::{HostState, LocalResponse, Phase};
+use crate::headers::EditableHead;
 
 type C<'a> = Caller<'a, HostState>;
 
@@ -276,32 +277,22 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     let Ok(value) = HeaderValue::from_bytes(value) else {
         return Status::BadArgument;
     };
-    let r = match map {
-        abi::MAP_REQUEST_HEADERS => {
-            let Some(req) = st.request_mut() else {
-                return Status::NotFound;
-            };
-            match edit {
-                Edit::Replace => req.insert_header(name, value).map(|_| ()),
-                Edit::Add => req.append_header(name, value).map(|_| ()),
-                Edit::Remove => {
-                    req.remove_header(&name);
-                    Ok(())
-                }
-            }
-        }
-        _ => {
-            let Some(resp) = st.response_mut() else {
-                return Status::NotFound;
-            };
-            match edit {
-                Edit::Replace => resp.insert_header(name, value).map(|_| ()),
-                Edit::Add => resp.append_header(name, value).map(|_| ()),
-                Edit::Remove => {
-                    resp.remove_header(&name);
-                    Ok(())
-                }
-            }
+    let head: &mut dyn EditableHead = match map {
+        abi::MAP_REQUEST_HEADERS => match st.request_mut() {
+            Some(req) => req,
+            None => return Status::NotFound,
+        },
+        _ => match st.response_mut() {
+            Some(resp) => resp,
+            None => return Status::NotFound,
+        },
+    };
+    let r = match edit {
+        Edit::Replace => head.insert(name, value),
+        Edit::Add => head.append(name, value),
+        Edit::Remove => {
+            head.remove(&name);
+            Ok(())
         }
     };
     if r.is_ok() {

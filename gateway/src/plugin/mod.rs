@@ -144,20 +144,38 @@ impl PluginHost {
         Ok(module)
     }
 
-    /// Loads a plugin: compiles its module and starts one VM per worker thread. Any
-    /// failure (file, compilation, missing ABI exports, `on_configure` refusing the
-    /// config) is returned with the reason; nothing is half-loaded.
+    /// Reads a plugin's module file and its SHA-256 (what a reload compares).
+    pub fn read_module(c: &PluginConfig, base: &Path) -> Result<(Vec<u8>, [u8; 32]), String> {
+        let path = base.join(&c.wasm);
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let hash = Sha256::digest(&bytes).into();
+        Ok((bytes, hash))
+    }
+
+    /// Reads and loads a plugin; see [`PluginHost::load_module`].
     pub fn load(
         &self,
         c: &PluginConfig,
         base: &Path,
         threads: usize,
     ) -> Result<Arc<Plugin>, String> {
-        let path = base.join(&c.wasm);
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        let module = self.module(&bytes, hash)?;
+        let (bytes, hash) = Self::read_module(c, base)?;
+        self.load_module(c, &bytes, hash, threads)
+    }
+
+    /// Loads a plugin from its module bytes: compiles them (or takes the cached module)
+    /// and starts one VM per worker thread. Any failure (compilation, missing ABI
+    /// exports, `on_configure` refusing the config) is returned with the reason;
+    /// nothing is half-loaded.
+    pub fn load_module(
+        &self,
+        c: &PluginConfig,
+        bytes: &[u8],
+        hash: [u8; 32],
+        threads: usize,
+    ) -> Result<Arc<Plugin>, String> {
+        let module = self.module(bytes, hash)?;
         let engine = self.engine()?.clone();
         let mut linker: Linker<HostState> = Linker::new(&engine);
         hostcalls::add_proxy_wasm(&mut linker).map_err(|e| e.to_string())?;
