@@ -702,10 +702,24 @@ pub fn spread(addr: SocketAddr, req: &Req, n: usize) -> HashMap<String, usize> {
     counts
 }
 
-/// An address nothing listens on.
+/// An address nothing listens on, and nothing will: the port stays bound (without
+/// `listen`) for the rest of the test process, so connecting is refused and no server
+/// started later by a parallel test (or by this one) can be handed the same port.
 pub fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
-    a
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len`
+    // are valid for the sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let rc = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        // The descriptor is deliberately never closed.
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(addr.sin_port)))
+    }
 }
