@@ -1,0 +1,1 @@
+//! `request-size-limit`: Weir policy: 413 for request bodies past a size (in progress).
