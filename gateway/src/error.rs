@@ -13,6 +13,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Too many request headers, or too many bytes of them.
     HeadersTooLarge,
+    /// A plugin buffering the request body met more than its `max_body_bytes`.
+    BodyTooLarge,
     /// Every target of the route's upstream is unhealthy or ejected.
     NoHealthyUpstream,
     /// No connection to a target could be made (refused, unreachable, TLS failed).
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => 404,
             ErrorKind::BadRequest => 400,
             ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::BodyTooLarge => 413,
             ErrorKind::NoHealthyUpstream => 503,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout => 504,
@@ -46,6 +49,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::HeadersTooLarge => "request_header_too_large",
+            ErrorKind::BodyTooLarge => "payload_too_large",
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             ErrorKind::UpstreamConnect => "upstream_connect_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -60,6 +64,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::BadRequest => "the request is malformed",
             ErrorKind::HeadersTooLarge => "the request headers are too large or too many",
+            ErrorKind::BodyTooLarge => "the request body is larger than this route accepts",
             ErrorKind::NoHealthyUpstream => "no healthy upstream target is available",
             ErrorKind::UpstreamConnect => "could not connect to the upstream",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",

@@ -29,11 +29,11 @@ use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
 use crate::headers::EditableHead;
 use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo, Verdict, Views};
+use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
+use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
 /// HTTP calls one plugin may make for one request.
 const MAX_PLUGIN_CALLS: usize = 16;
-use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
-use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -111,6 +111,11 @@ pub struct RequestCtx {
     /// A local response a plugin asked for after the upstream answered, written by
     /// `fail_to_proxy` in place of the upstream's.
     pending_local: Option<LocalResponse>,
+    /// Request body held for the plugin (by index in `plugins`) that asked to see it
+    /// whole; `None` while chunks stream through.
+    body_held: Option<(usize, bytes::BytesMut)>,
+    /// Every plugin has seen the end of the request body (a retry resends it as is).
+    body_seen: bool,
 }
 
 /// The matched route of a request. A free function over the two fields (not a method
@@ -274,6 +279,8 @@ impl ProxyHttp for WeirProxy {
             plugin_info: None,
             properties: Properties::new(),
             pending_local: None,
+            body_held: None,
+            body_seen: false,
         }
     }
 
@@ -353,6 +360,7 @@ impl ProxyHttp for WeirProxy {
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
                 upstreams: snap.upstream_names.clone(),
             };
+            let no_body = session.as_mut().is_body_empty();
             for plugin in &snap.routes[m.route].plugins {
                 let mut views = Views {
                     request: session.req_header_mut(),
@@ -360,7 +368,7 @@ impl ProxyHttp for WeirProxy {
                     info: &info,
                     properties: &mut ctx.properties,
                 };
-                let (active, mut verdict) = plugin.request_headers(&mut views);
+                let (active, mut verdict) = plugin.request_headers(&mut views, no_body);
                 // HTTP calls the plugin dispatched: made now (the request waits), each
                 // answer handed back; answers may dispatch more, up to a bound.
                 if let (Verdict::Calls(calls), Some(a)) = (&verdict, &active) {
@@ -627,6 +635,77 @@ impl ProxyHttp for WeirProxy {
                 return Err(e);
             }
             up.report_success(i);
+        }
+        Ok(())
+    }
+
+    /// Streams request body chunks through the plugins' `on_request_body`, in chain
+    /// order. A plugin that answers `StopIterationAndBuffer` holds the chunk (and the
+    /// plugins after it wait) until it lets the body go. No plugin is shown more than
+    /// its `max_body_bytes` in one call: 413 instead. The request head is upstream by
+    /// then, so a plugin that refuses the body aborts the upstream request. Without
+    /// plugins, chunks pass untouched.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.plugins.is_empty() || ctx.body_seen {
+            return Ok(());
+        }
+        let Some(info) = &ctx.plugin_info else {
+            return Ok(());
+        };
+        let chunk = body.take().unwrap_or_default();
+        let (start, data) = match ctx.body_held.take() {
+            Some((i, mut held)) => {
+                held.extend_from_slice(&chunk);
+                (i, held.freeze())
+            }
+            None => (0, chunk),
+        };
+        for (i, a) in ctx.plugins.iter().enumerate().skip(start) {
+            if data.len() > a.plugin().config.max_body_bytes {
+                ctx.error = Some(ErrorKind::BodyTooLarge);
+                return Err(Error::explain(HTTPStatus(413), "request body too large"));
+            }
+            let mut views = Views {
+                request: session.req_header_mut(),
+                response: None,
+                info,
+                properties: &mut ctx.properties,
+            };
+            let (verdict, hold) = a.plugin().request_body(a, &data, end_of_stream, &mut views);
+            match verdict {
+                // Calls can only be dispatched from the request headers.
+                Verdict::Continue | Verdict::Calls(_) => {}
+                Verdict::Respond(local) => {
+                    let status = local.status;
+                    ctx.pending_local = Some(local);
+                    ctx.body_seen = true;
+                    return Err(Error::explain(
+                        HTTPStatus(status),
+                        "a plugin answered the request body",
+                    ));
+                }
+                Verdict::Deny => {
+                    ctx.error = Some(ErrorKind::PluginFailed);
+                    return Err(Error::explain(InternalError, "a plugin failed"));
+                }
+            }
+            // At the end of the body there is nothing more to wait for.
+            if hold && !end_of_stream {
+                ctx.body_held = Some((i, data.into()));
+                *body = Some(Bytes::new());
+                return Ok(());
+            }
+        }
+        ctx.body_seen = end_of_stream;
+        // An empty end-of-body marker stays one.
+        if !data.is_empty() || !end_of_stream {
+            *body = Some(data);
         }
         Ok(())
     }

@@ -47,6 +47,7 @@
 
 mod decision;
 mod http;
+pub mod metrics;
 pub mod query;
 mod store;
 pub mod testing;

@@ -62,6 +62,12 @@ pub struct PluginConfig {
     /// Linear memory one VM may grow to, in MiB.
     #[serde(default = "default_plugin_memory")]
     pub memory_limit_mb: u32,
+    /// The most request body this plugin is shown in one `on_request_body` call: what
+    /// the gateway holds for it when it asks to see the body whole (answering
+    /// `StopIterationAndBuffer`), or one chunk (at most 64 KiB) when it lets chunks
+    /// through. Past it the request gets 413 `payload_too_large`.
+    #[serde(default = "default_plugin_body")]
+    pub max_body_bytes: usize,
 }
 
 /// A failing plugin either denies the request (500 with a JSON error) or is skipped.
@@ -78,6 +84,9 @@ fn default_plugin_cpu() -> Dur {
 }
 fn default_plugin_memory() -> u32 {
     64
+}
+fn default_plugin_body() -> usize {
+    1 << 20
 }
 
 /// `[server]`: listeners, worker threads, client-facing limits.

@@ -41,6 +41,9 @@ pub(super) fn validate(c: &Config, base: &Path) -> Errors {
     e
 }
 
+/// The largest `max_body_bytes` a plugin may ask for: 64 MiB.
+const MAX_PLUGIN_BODY: usize = 64 << 20;
+
 fn plugin(key: &str, p: &PluginConfig, base: &Path, names: &mut HashSet<String>, e: &mut Errors) {
     if !valid_name(&p.name) {
         e.push((
@@ -80,6 +83,15 @@ fn plugin(key: &str, p: &PluginConfig, base: &Path, names: &mut HashSet<String>,
         e.push((
             format!("{key}.memory_limit_mb"),
             format!("{} MiB: use 1 to 4096", p.memory_limit_mb),
+        ));
+    }
+    if !(1..=MAX_PLUGIN_BODY).contains(&p.max_body_bytes) {
+        e.push((
+            format!("{key}.max_body_bytes"),
+            format!(
+                "{}: use 1 to {MAX_PLUGIN_BODY} (the body is held in memory)",
+                p.max_body_bytes
+            ),
         ));
     }
 }

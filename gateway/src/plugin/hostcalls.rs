@@ -428,13 +428,18 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> wasmtime::Result<i32> {
-            let data: Vec<u8> = match buf {
-                abi::BUFFER_PLUGIN_CONFIGURATION => c.data().plugin_config.to_vec(),
-                abi::BUFFER_HTTP_CALL_RESPONSE_BODY => match &c.data().call_response {
-                    Some(r) => r.body.clone(),
+            let st = c.data();
+            let data: &[u8] = match buf {
+                abi::BUFFER_PLUGIN_CONFIGURATION => &st.plugin_config,
+                abi::BUFFER_HTTP_CALL_RESPONSE_BODY => match &st.call_response {
+                    Some(r) => &r.body,
                     None => return Ok(Status::NotFound as i32),
                 },
-                abi::BUFFER_VM_CONFIGURATION => Vec::new(),
+                abi::BUFFER_HTTP_REQUEST_BODY => match st.body() {
+                    Some(b) => b,
+                    None => return Ok(Status::NotFound as i32),
+                },
+                abi::BUFFER_VM_CONFIGURATION => &[],
                 0..=abi::BUFFER_CALL_DATA => return Ok(Status::NotFound as i32),
                 _ => return Ok(Status::BadArgument as i32),
             };
@@ -443,7 +448,9 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(Status::BadArgument as i32);
             }
             let end = start.saturating_add(max).min(data.len());
-            Ok(give(&mut c, &data[start..end], ret_ptr, ret_len)? as i32)
+            // Copied out of the store before the guest's allocator runs.
+            let chunk = data[start..end].to_vec();
+            Ok(give(&mut c, &chunk, ret_ptr, ret_len)? as i32)
         },
     )?;
     linker.func_wrap(
@@ -595,7 +602,7 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          -> i32 {
             if !matches!(
                 c.data().scope.phase,
-                Some(Phase::RequestHeaders | Phase::ResponseHeaders)
+                Some(Phase::RequestHeaders | Phase::RequestBody | Phase::ResponseHeaders)
             ) {
                 return Status::BadArgument as i32;
             }

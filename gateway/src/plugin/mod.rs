@@ -333,6 +333,7 @@ impl Plugin {
             response: v.response.as_deref_mut().map(Into::into),
             info: Some(v.info.into()),
             properties: Some((&mut *v.properties).into()),
+            body: None,
         }
     }
 
@@ -356,7 +357,11 @@ impl Plugin {
     }
 
     /// Runs `on_request_headers` in a new context on this worker's VM.
-    pub fn request_headers(self: &Arc<Self>, v: &mut Views<'_>) -> (Option<Active>, Verdict) {
+    pub fn request_headers(
+        self: &Arc<Self>,
+        v: &mut Views<'_>,
+        end_of_stream: bool,
+    ) -> (Option<Active>, Verdict) {
         let i = worker_slot(self.slots.len());
         let mut slot = self.slots[i].lock();
         let started = Instant::now();
@@ -366,9 +371,9 @@ impl Plugin {
             // The VM failed and is being rebuilt: the plugin's `on_error` applies.
             return (None, self.error_verdict());
         };
-        let r = vm.request_headers(scope, num, true);
+        let r = vm.request_headers(scope, num, end_of_stream);
         self.stats
-            .count_call(0, started.elapsed().as_micros() as u64);
+            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed().as_micros() as u64);
         match r {
             Ok((context, local, calls)) => {
                 let active = Active {
@@ -404,10 +409,41 @@ impl Plugin {
         };
         let r = vm.http_call_response(scope, a.context, token, resp);
         self.stats
-            .count_call(0, started.elapsed().as_micros() as u64);
+            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed().as_micros() as u64);
         match r {
             Ok((local, calls)) => verdict(local, calls),
             Err(f) => self.fail(&mut slot, &f, "http_call_response"),
+        }
+    }
+
+    /// Runs `on_request_body` with everything buffered for this plugin so far (`body`).
+    /// Returns the verdict and whether the plugin asked to keep buffering.
+    pub fn request_body(
+        &self,
+        a: &Active,
+        body: &[u8],
+        end_of_stream: bool,
+        v: &mut Views<'_>,
+    ) -> (Verdict, bool) {
+        let mut slot = self.slots[a.slot].lock();
+        if slot.generation != a.generation {
+            return (self.error_verdict(), false);
+        }
+        let started = Instant::now();
+        let mut scope = Self::scope(Phase::RequestBody, v);
+        scope.body = Some(body.into());
+        let Some(vm) = slot.vm.as_mut() else {
+            return (self.error_verdict(), false);
+        };
+        let r = vm.request_body(scope, a.context, body.len(), end_of_stream);
+        self.stats
+            .count_call(shared::PHASE_REQUEST_BODY, started.elapsed().as_micros() as u64);
+        match r {
+            Ok((buffer, local)) => (
+                local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
+                buffer,
+            ),
+            Err(f) => (self.fail(&mut slot, &f, "request_body"), false),
         }
     }
 
@@ -429,7 +465,7 @@ impl Plugin {
         };
         let r = vm.response_headers(scope, a.context, num, false);
         self.stats
-            .count_call(1, started.elapsed().as_micros() as u64);
+            .count_call(shared::PHASE_RESPONSE_HEADERS, started.elapsed().as_micros() as u64);
         match r {
             Ok(local) => local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
             Err(f) => self.fail(&mut slot, &f, "response_headers"),
@@ -449,7 +485,7 @@ impl Plugin {
         };
         let r = vm.finish(scope, a.context);
         self.stats
-            .count_call(2, started.elapsed().as_micros() as u64);
+            .count_call(shared::PHASE_LOG, started.elapsed().as_micros() as u64);
         if let Err(f) = r {
             self.fail(&mut slot, &f, "log");
         }

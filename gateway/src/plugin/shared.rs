@@ -75,7 +75,12 @@ pub struct PluginMetrics {
 }
 
 /// Phases counted per plugin.
-pub const PHASES: [&str; 3] = ["request_headers", "response_headers", "log"];
+pub const PHASES: [&str; 4] = ["request_headers", "request_body", "response_headers", "log"];
+/// Indexes into [`PHASES`].
+pub const PHASE_REQUEST_HEADERS: usize = 0;
+pub const PHASE_REQUEST_BODY: usize = 1;
+pub const PHASE_RESPONSE_HEADERS: usize = 2;
+pub const PHASE_LOG: usize = 3;
 /// Failure kinds counted per plugin.
 pub const ERROR_KINDS: [&str; 4] = ["trap", "timeout", "memory", "instantiate"];
 

@@ -17,6 +17,9 @@ pub enum Phase {
     /// Start-up: `_initialize`, `on_vm_start`, `on_configure`, context creation.
     Root,
     RequestHeaders,
+    /// `on_request_body`: the request head is on its way upstream (read-only), the body
+    /// seen so far is readable as buffer 0.
+    RequestBody,
     ResponseHeaders,
     /// `on_log`, `on_done`, `on_delete`: read-only.
     Log,
@@ -78,6 +81,8 @@ pub struct Scope {
     pub response: Option<NonNull<ResponseHeader>>,
     pub info: Option<NonNull<RequestInfo>>,
     pub properties: Option<NonNull<Properties>>,
+    /// The request body buffered so far (`on_request_body`).
+    pub body: Option<NonNull<[u8]>>,
 }
 
 // SAFETY: the pointers are only dereferenced on the thread that set them, within the
@@ -122,6 +127,11 @@ impl HostState {
     pub fn info(&self) -> Option<&RequestInfo> {
         // SAFETY: see `Scope`.
         self.scope.info.map(|p| unsafe { p.as_ref() })
+    }
+
+    pub fn body(&self) -> Option<&[u8]> {
+        // SAFETY: see `Scope`.
+        self.scope.body.map(|p| unsafe { p.as_ref() })
     }
 
     pub fn properties_mut(&mut self) -> Option<&mut Properties> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use wasmtime::{Engine, InstancePre, Store, Trap, TypedFunc};
 
-use super::abi::ROOT_CONTEXT_ID;
+use super::abi::{ACTION_CONTINUE, ROOT_CONTEXT_ID};
 use super::state::{CallResponse, HostState, LocalResponse, PendingCall, Phase, Scope};
 
 /// Why a guest call failed; decides the error kind counted and logged.
@@ -61,6 +61,7 @@ type CallResponseArgs = (i32, i32, i32, i32, i32);
 struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
@@ -130,6 +131,7 @@ impl Vm {
             context_create: opt!("proxy_on_context_create")
                 .ok_or("the module does not export proxy_on_context_create")?,
             request_headers: opt!("proxy_on_request_headers"),
+            request_body: opt!("proxy_on_request_body"),
             http_call_response: opt!("proxy_on_http_call_response"),
             response_headers: opt!("proxy_on_response_headers"),
             log: opt!("proxy_on_log"),
@@ -253,6 +255,27 @@ impl Vm {
         Ok((
             st.local_response.take(),
             std::mem::take(&mut st.pending_calls),
+        ))
+    }
+
+    /// `proxy_on_request_body` with `body` (everything buffered so far) readable as
+    /// buffer 0. Returns whether the plugin asked to buffer (`StopIterationAndBuffer`)
+    /// and its local response, if any.
+    pub fn request_body(
+        &mut self,
+        scope: Scope,
+        ctx: i32,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<(bool, Option<LocalResponse>), Failure> {
+        self.store.data_mut().local_response = None;
+        let action = self.scoped(scope, |store, ex| match &ex.request_body {
+            Some(f) => f.call(&mut *store, (ctx, body_size as i32, end_of_stream as i32)),
+            None => Ok(ACTION_CONTINUE),
+        })?;
+        Ok((
+            action != ACTION_CONTINUE,
+            self.store.data_mut().local_response.take(),
         ))
     }
 

@@ -75,22 +75,6 @@ fn percent(counts: &HashMap<String, usize>, name: &str, total: usize) -> f64 {
     *counts.get(name).unwrap_or(&0) as f64 * 100.0 / total as f64
 }
 
-/// Asserts an error answer from the gateway itself: status, JSON body, request id.
-fn assert_json_error(r: &Resp, status: u16, code: Option<&str>) {
-    assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.header("x-upstream"), None, "not an upstream's answer");
-    let v = r.json();
-    let error = v["error"].as_str().unwrap_or_default();
-    assert!(!error.is_empty(), "no error code: {v}");
-    if let Some(code) = code {
-        assert_eq!(error, code, "{v}");
-    }
-    assert!(!v["message"].as_str().unwrap_or_default().is_empty(), "{v}");
-    let id = v["request_id"].as_str().unwrap_or_default();
-    assert!(!id.is_empty(), "{v}");
-    assert_eq!(Some(id), r.header("x-request-id"));
-}
 
 #[test]
 fn round_robin_follows_weights_and_rotates_exactly() {

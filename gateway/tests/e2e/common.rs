@@ -723,3 +723,83 @@ pub fn closed_port() -> SocketAddr {
         SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(addr.sin_port)))
     }
 }
+
+/// The path of a plugin built by `scripts/build-plugins.sh` (`NAME` for
+/// `plugins/dist/NAME.wasm`, `test/NAME` for the plain proxy-wasm test filters).
+pub fn built_plugin(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `bash scripts/build-plugins.sh`",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// Starts a gateway with one upstream, `app` at `up`, and `rest` (its `[[plugins]]`
+/// and `[[routes]]`, `{plugin:NAME}` standing for [`built_plugin`]`(NAME)`).
+pub fn gateway_with(up: SocketAddr, rest: &str) -> Weir {
+    let mut rest = rest.to_string();
+    while let Some(start) = rest.find("{plugin:") {
+        let end = start + rest[start..].find('}').expect("unclosed {plugin:");
+        let path = built_plugin(&rest[start + 8..end]);
+        rest.replace_range(start..=end, &path);
+    }
+    Weir::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "app"
+targets = ["{up}"]
+{rest}"#
+    ))
+}
+
+/// A request head for a chunked body, then the chunks, each written separately with a
+/// pause so the gateway reads them one by one; the response is read at the end (or
+/// as soon as the gateway answers early and closes).
+pub fn send_chunked(addr: SocketAddr, head: &str, chunks: &[&[u8]]) -> std::io::Result<Resp> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    w.write_all(format!("{head}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())?;
+    for c in chunks {
+        std::thread::sleep(Duration::from_millis(30));
+        // A gateway that already answered may have closed: keep what it said.
+        if w.write_all(format!("{:x}\r\n", c.len()).as_bytes()).is_err()
+            || w.write_all(c).is_err()
+            || w.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = w.write_all(b"0\r\n\r\n");
+    read_response(&mut BufReader::new(s), false)
+}
+
+/// Asserts an error answer from the gateway itself: status, JSON body, request id.
+pub fn assert_json_error(r: &Resp, status: u16, code: Option<&str>) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-upstream"), None, "not an upstream's answer");
+    let v = r.json();
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "no error code: {v}");
+    if let Some(code) = code {
+        assert_eq!(error, code, "{v}");
+    }
+    assert!(!v["message"].as_str().unwrap_or_default().is_empty(), "{v}");
+    let id = v["request_id"].as_str().unwrap_or_default();
+    assert!(!id.is_empty(), "{v}");
+    assert_eq!(Some(id), r.header("x-request-id"));
+}

@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod balancing;
+mod bodies;
 mod config_files;
 mod plugins;
 mod reload;

@@ -337,17 +337,6 @@ plugins = ["ghost"]
 
 /// A built-in policy from `plugins/dist` (built by `scripts/build-plugins.sh`, which
 /// the test command runs first).
-fn built_plugin(name: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/dist")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run `bash scripts/build-plugins.sh`",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 #[test]
 fn transform_policy_built_with_the_sdk_runs_in_the_gateway() {
