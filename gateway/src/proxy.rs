@@ -132,6 +132,18 @@ fn upstream_of(snap: Option<&Snapshot>, route: Option<usize>) -> Option<&Arc<Ups
     }
 }
 
+/// The client's address as plugins see it (`source.address`): the TCP peer, or the
+/// address the trusted proxies reported in `x-forwarded-for` (with port 0).
+fn client_addr(session: &Session, client_ip: Option<IpAddr>) -> Option<std::net::SocketAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+    match (peer, client_ip) {
+        (Some(p), Some(ip)) if crate::net::canonical(p.ip()) != ip => {
+            Some(std::net::SocketAddr::new(ip, 0))
+        }
+        (peer, _) => peer,
+    }
+}
+
 /// A client-supplied id is kept when it is short and plain.
 fn sane_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -354,7 +366,7 @@ impl ProxyHttp for WeirProxy {
         ctx.matched_len = m.matched_len;
         if !snap.routes[m.route].plugins.is_empty() {
             let info = RequestInfo {
-                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                client: client_addr(session, ctx.client_ip),
                 route: Some(snap.routes[m.route].name.clone()),
                 request_id: ctx.request_id.clone(),
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),

@@ -45,6 +45,7 @@
 //! reloading and testing a policy, and lists the proxy-wasm calls the host must provide.
 #![warn(missing_docs)]
 
+mod body;
 mod decision;
 mod http;
 pub mod metrics;
@@ -54,6 +55,7 @@ pub mod testing;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
+pub use body::{Body, BodyAccess};
 pub use decision::Decision;
 pub use http::{
     validate_header, validate_path, Headers, Request, RequestInfo, Response, CONSUMER_PROPERTY,
@@ -67,7 +69,9 @@ pub use log;
 
 /// Everything a policy file usually needs: `use weir_plugin_sdk::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Decision, Headers, Policy, Request, RequestInfo, Response, SharedStore};
+    pub use crate::{
+        Body, BodyAccess, Decision, Headers, Policy, Request, RequestInfo, Response, SharedStore,
+    };
 }
 
 /// A gateway policy: built once per configuration, then called for every request of
@@ -107,6 +111,24 @@ pub trait Policy: Sized + 'static {
     /// Default: `Continue` without touching the request.
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         let _ = req;
+        Decision::Continue
+    }
+
+    /// Whether this request's body should be shown to
+    /// [`on_request_body`](Policy::on_request_body), and how: asked once per request,
+    /// right after [`on_request`](Policy::on_request) let it continue, and only when
+    /// the request has a body. Default: [`BodyAccess::Ignore`].
+    fn request_body(&self, req: &dyn RequestInfo) -> BodyAccess {
+        let _ = req;
+        BodyAccess::Ignore
+    }
+
+    /// Runs on the request body as [`request_body`](Policy::request_body) asked: per
+    /// chunk, or once with the whole body. The request head has gone upstream by then
+    /// (it can no longer change); [`Decision::Respond`] ends the request with that
+    /// answer, and the upstream sees an aborted request. Default: `Continue`.
+    fn on_request_body(&self, req: &dyn RequestInfo, body: &dyn Body) -> Decision {
+        let _ = (req, body);
         Decision::Continue
     }
 

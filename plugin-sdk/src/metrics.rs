@@ -250,7 +250,13 @@ mod tests {
 
     #[test]
     fn names_are_lower_snake_case() {
-        for good in ["a", "key_auth_allowed_total", "x9", "a_1_b", &"a".repeat(128)] {
+        for good in [
+            "a",
+            "key_auth_allowed_total",
+            "x9",
+            "a_1_b",
+            &"a".repeat(128),
+        ] {
             assert!(valid_name(good), "{good}");
             assert_eq!(Counter::try_new(good.to_string()).unwrap().name(), good);
         }

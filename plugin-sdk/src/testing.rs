@@ -662,3 +662,71 @@ mod tests {
             .is_continue());
     }
 }
+
+/// A request body for [`Policy::on_request_body`](crate::Policy::on_request_body) in
+/// tests: a chunk (or the whole body) with how much was seen before it.
+///
+/// ```
+/// use weir_plugin_sdk::testing::MockBody;
+/// use weir_plugin_sdk::Body;
+/// let chunk = MockBody::chunk(b"abc").after(10);
+/// assert_eq!((chunk.len(), chunk.seen(), chunk.is_end()), (3, 13, false));
+/// let whole = MockBody::whole(b"{}");
+/// assert!(whole.is_end());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockBody {
+    bytes: Vec<u8>,
+    before: usize,
+    end: bool,
+}
+
+impl MockBody {
+    /// A chunk that is not the last, the first of its body (see [`after`](MockBody::after)).
+    pub fn chunk(bytes: &[u8]) -> MockBody {
+        MockBody {
+            bytes: bytes.to_vec(),
+            before: 0,
+            end: false,
+        }
+    }
+
+    /// A whole body ([`BodyAccess::Whole`](crate::BodyAccess::Whole)), or a last chunk
+    /// with [`after`](MockBody::after).
+    pub fn whole(bytes: &[u8]) -> MockBody {
+        MockBody {
+            end: true,
+            ..MockBody::chunk(bytes)
+        }
+    }
+
+    /// Says `n` bytes came before this chunk.
+    pub fn after(mut self, n: usize) -> MockBody {
+        self.before = n;
+        self
+    }
+
+    /// Marks this chunk as the last.
+    pub fn last(mut self) -> MockBody {
+        self.end = true;
+        self
+    }
+}
+
+impl crate::Body for MockBody {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn seen(&self) -> usize {
+        self.before.saturating_add(self.bytes.len())
+    }
+
+    fn is_end(&self) -> bool {
+        self.end
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+}

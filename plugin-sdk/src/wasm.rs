@@ -12,7 +12,7 @@ use crate::http::{
     validate_path, validate_query, Headers, Request, RequestInfo, Response, CONSUMER_PROPERTY,
 };
 use crate::store::{Entry, SharedStore, StoreError};
-use crate::{configure, Decision, Policy};
+use crate::{configure, Body, BodyAccess, Decision, Policy};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
@@ -85,6 +85,8 @@ impl<P: Policy> RootContext for Root<P> {
             policy: self.policy.clone(),
             vars: Vars::new(),
             answered: false,
+            body: BodyAccess::Ignore,
+            seen: 0,
         }))
     }
 
@@ -99,15 +101,27 @@ struct Http<P> {
     vars: Vars,
     /// This policy answered the request locally: its response hook is skipped.
     answered: bool,
+    /// What the policy asked to see of the request body.
+    body: BodyAccess,
+    /// Request body bytes seen so far.
+    seen: usize,
 }
 
 impl<P> Context for Http<P> {}
 
 impl<P: Policy> HttpContext for Http<P> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Http { policy, vars, .. } = self;
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Http {
+            policy, vars, body, ..
+        } = self;
         let decision = match policy {
-            Some(policy) => policy.on_request(&mut HostRequest::new(vars)),
+            Some(policy) => {
+                let decision = policy.on_request(&mut HostRequest::new(vars));
+                if decision.is_continue() && !end_of_stream {
+                    *body = policy.request_body(&HostRequest::new(vars));
+                }
+                decision
+            }
             None => {
                 log(
                     LogLevel::Error,
@@ -121,6 +135,33 @@ impl<P: Policy> HttpContext for Http<P> {
                 )
             }
         };
+        self.apply(decision)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Http {
+            policy: Some(policy),
+            vars,
+            body,
+            seen,
+            answered: false,
+        } = self
+        else {
+            return Action::Continue;
+        };
+        match body {
+            BodyAccess::Ignore => return Action::Continue,
+            BodyAccess::Chunks => *seen = seen.saturating_add(body_size),
+            // Held by the host until the end; then `body_size` is all of it.
+            BodyAccess::Whole if !end_of_stream => return Action::Pause,
+            BodyAccess::Whole => *seen = body_size,
+        }
+        let view = HostBody {
+            len: body_size,
+            seen: *seen,
+            end: end_of_stream,
+        };
+        let decision = policy.on_request_body(&HostRequest::new(vars), &view);
         self.apply(decision)
     }
 
@@ -447,4 +488,32 @@ impl SharedStore for HostStore {
 
 fn unavailable(status: Status) -> StoreError {
     StoreError::Unavailable(format!("{status:?}"))
+}
+
+/// The request body of the current `on_request_body` call.
+struct HostBody {
+    len: usize,
+    seen: usize,
+    end: bool,
+}
+
+impl Body for HostBody {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn seen(&self) -> usize {
+        self.seen
+    }
+
+    fn is_end(&self) -> bool {
+        self.end
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, self.len)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
 }

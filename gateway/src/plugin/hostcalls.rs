@@ -440,7 +440,8 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     None => return Ok(Status::NotFound as i32),
                 },
                 abi::BUFFER_VM_CONFIGURATION => &[],
-                0..=abi::BUFFER_CALL_DATA => return Ok(Status::NotFound as i32),
+                // Response body, downstream/upstream data, gRPC, call data: none here.
+                b if (0..=abi::BUFFER_CALL_DATA).contains(&b) => return Ok(Status::NotFound as i32),
                 _ => return Ok(Status::BadArgument as i32),
             };
             let (start, max) = (start as u32 as usize, max as u32 as usize);

@@ -372,8 +372,10 @@ impl Plugin {
             return (None, self.error_verdict());
         };
         let r = vm.request_headers(scope, num, end_of_stream);
-        self.stats
-            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed().as_micros() as u64);
+        self.stats.count_call(
+            shared::PHASE_REQUEST_HEADERS,
+            started.elapsed().as_micros() as u64,
+        );
         match r {
             Ok((context, local, calls)) => {
                 let active = Active {
@@ -408,8 +410,10 @@ impl Plugin {
             return self.error_verdict();
         };
         let r = vm.http_call_response(scope, a.context, token, resp);
-        self.stats
-            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed().as_micros() as u64);
+        self.stats.count_call(
+            shared::PHASE_REQUEST_HEADERS,
+            started.elapsed().as_micros() as u64,
+        );
         match r {
             Ok((local, calls)) => verdict(local, calls),
             Err(f) => self.fail(&mut slot, &f, "http_call_response"),
@@ -436,8 +440,10 @@ impl Plugin {
             return (self.error_verdict(), false);
         };
         let r = vm.request_body(scope, a.context, body.len(), end_of_stream);
-        self.stats
-            .count_call(shared::PHASE_REQUEST_BODY, started.elapsed().as_micros() as u64);
+        self.stats.count_call(
+            shared::PHASE_REQUEST_BODY,
+            started.elapsed().as_micros() as u64,
+        );
         match r {
             Ok((buffer, local)) => (
                 local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
@@ -464,8 +470,10 @@ impl Plugin {
             return self.error_verdict();
         };
         let r = vm.response_headers(scope, a.context, num, false);
-        self.stats
-            .count_call(shared::PHASE_RESPONSE_HEADERS, started.elapsed().as_micros() as u64);
+        self.stats.count_call(
+            shared::PHASE_RESPONSE_HEADERS,
+            started.elapsed().as_micros() as u64,
+        );
         match r {
             Ok(local) => local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
             Err(f) => self.fail(&mut slot, &f, "response_headers"),

@@ -75,7 +75,6 @@ fn percent(counts: &HashMap<String, usize>, name: &str, total: usize) -> f64 {
     *counts.get(name).unwrap_or(&0) as f64 * 100.0 / total as f64
 }
 
-
 #[test]
 fn round_robin_follows_weights_and_rotates_exactly() {
     let (a, b, c) = (

@@ -39,7 +39,10 @@ fn a_buffering_plugin_sees_the_whole_body_which_goes_upstream_intact() {
     assert_eq!(seen.header("x-filter"), Some("stamped"));
 
     // Content-Length framing, and a request without a body (`end_of_stream` on headers).
-    let r = Req::new("POST", "/inspect").body(b"plain body").send(w.addr).unwrap();
+    let r = Req::new("POST", "/inspect")
+        .body(b"plain body")
+        .send(w.addr)
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(up.last().unwrap().body, b"plain body");
     let r = Req::get("/inspect").send(w.addr).unwrap();
@@ -109,7 +112,10 @@ fn large_bodies_stream_through_plugins_that_do_not_read_them() {
     let up = Upstream::start("app");
     let w = gateway_with(up.addr, PLUGINS);
     let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = Req::new("POST", "/stream").body(&body).send(w.addr).unwrap();
+    let r = Req::new("POST", "/stream")
+        .body(&body)
+        .send(w.addr)
+        .unwrap();
     assert_eq!(r.status, 200);
     let seen = up.last().unwrap();
     assert_eq!(seen.body.len(), body.len());

@@ -741,6 +741,11 @@ pub fn built_plugin(name: &str) -> String {
 /// Starts a gateway with one upstream, `app` at `up`, and `rest` (its `[[plugins]]`
 /// and `[[routes]]`, `{plugin:NAME}` standing for [`built_plugin`]`(NAME)`).
 pub fn gateway_with(up: SocketAddr, rest: &str) -> Weir {
+    gateway_with_server(up, "", rest)
+}
+
+/// [`gateway_with`], with more `[server]` keys.
+pub fn gateway_with_server(up: SocketAddr, server: &str, rest: &str) -> Weir {
     let mut rest = rest.to_string();
     while let Some(start) = rest.find("{plugin:") {
         let end = start + rest[start..].find('}').expect("unclosed {plugin:");
@@ -753,6 +758,7 @@ pub fn gateway_with(up: SocketAddr, rest: &str) -> Weir {
 listen = ["{{listen}}"]
 threads = 2
 watch_config = false
+{server}
 [admin]
 listen = "{{admin}}"
 [access_log]
@@ -776,7 +782,8 @@ pub fn send_chunked(addr: SocketAddr, head: &str, chunks: &[&[u8]]) -> std::io::
     for c in chunks {
         std::thread::sleep(Duration::from_millis(30));
         // A gateway that already answered may have closed: keep what it said.
-        if w.write_all(format!("{:x}\r\n", c.len()).as_bytes()).is_err()
+        if w.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .is_err()
             || w.write_all(c).is_err()
             || w.write_all(b"\r\n").is_err()
         {

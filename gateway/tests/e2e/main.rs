@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod config_files;
 mod plugins;
+mod policies;
 mod reload;
 mod routing;
 mod tls;

@@ -4,7 +4,7 @@
 //! ```toml
 //! [[plugins]]
 //! name = "cors"
-//! wasm = "plugins/cors.wasm"
+//! wasm = "plugins/dist/cors.wasm"   # scripts/build-plugins.sh
 //! config.allow_origins = ["https://app.example.com", "https://*.example.com"]  # or "*"
 //! config.allow_methods = ["GET", "POST", "PUT", "DELETE"]   # default below; or "*"
 //! config.allow_headers = ["authorization", "content-type"]  # default "*": reflect
@@ -17,7 +17,7 @@
 //!
 //! **Origins.** An entry is `scheme://host[:port]`: no path (not even a trailing `/`),
 //! query, user info or trailing dot; a host is ASCII (write IDNs in their `xn--` form)
-//! or an IPv6 literal in brackets. Scheme and host compare case-insensitively, the port
+//! or an IPv6 literal in brackets (compared in canonical form). Scheme and host compare case-insensitively, the port
 //! exactly; the default port of `http` (80) and `https` (443) is the same as none.
 //! `https://*.example.com` matches every subdomain at any depth (`a.example.com`,
 //! `a.b.example.com`) with that scheme and port, never `example.com` itself nor
@@ -61,6 +61,9 @@
 //! **The policy owns CORS on its routes**: every `access-control-*` header from the
 //! upstream is removed from the response, so an upstream's own (often permissive) CORS
 //! headers never reach a refused origin.
+//!
+//! **Order**: list `cors` before authentication plugins on a route: browsers send
+//! preflights without credentials, so a key or JWT check placed first would refuse them.
 //!
 //! **Config errors** fail the load with a message naming the key: a malformed origin, a
 //! wildcard anywhere but a first label, `"*"` mixed with other entries,

@@ -19,21 +19,22 @@
 //! key_hashes = ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! ```
 //!
-//! The key is the whole value of `header` (lower-cased; default `x-api-key`), or, when
-//! `query` is set and the header is absent or empty, the first value of that query
-//! parameter after percent-decoding (a `+` in a key sent in the query is written `%2B`).
-//! The header wins when both are sent, even if its key is wrong: there is no second
-//! try. An empty value counts as no key.
+//! The key is the whole value of `header` (any case in the config; default
+//! `x-api-key`), or, when `query` is set and the header is absent or empty, the first
+//! value of that query parameter after percent-decoding (so a `+` in a key sent in the
+//! query is written `%2B`). The header wins when both are sent, even if its key is
+//! wrong: there is no second try. An empty value counts as no key; a header sent twice
+//! reaches the plugin joined (`a, b`) and matches no key.
 //!
 //! Every request through the plugin must carry a valid key (there are no anonymous
 //! routes: attach the plugin only to routes that need a key, and put `cors` before it
 //! so preflights are answered first). The outcomes:
-//! - **no key**: 401 `{"error":"unauthorized","message":"no API key: send it in the
-//!   `x-api-key` header","request_id":…}` (the message also names the query parameter
-//!   when one is configured);
-//! - **a key that matches no consumer**, or longer than 1024 bytes: 401 with the
-//!   message `invalid API key`, logged at info with the request id and client address
-//!   (never the key);
+//! - **no key**: 401, Weir's JSON error `{"error": "unauthorized", "message": …,
+//!   "request_id": …}` with the message ``no API key: send it in the `x-api-key`
+//!   header`` (`` or the `api_key` query parameter`` when one is configured);
+//! - **a key that matches no consumer**, or longer than 1024 bytes (not even hashed):
+//!   401 with the message `invalid API key`, logged at info with the request id and
+//!   client address, never the key;
 //! - **a valid key**: the request goes on with the consumer set (the `weir.consumer`
 //!   property, read by later plugins such as `rate-limit` and by the access log) and
 //!   the request header `x-consumer: <name>` for the upstream; with `hide_credentials`
@@ -53,8 +54,8 @@
 //!   config errors point at keys by position and never print them;
 //! - counters on the gateway's `/metrics`, as `weir_plugin_counter{plugin,name}`:
 //!   `key_auth_allowed_total`, `key_auth_rejected_missing_total`,
-//!   `key_auth_rejected_invalid_total`. Rate-limit rejected clients with `rate-limit`
-//!   keyed by client IP to slow down key guessing.
+//!   `key_auth_rejected_invalid_total`. To slow down key guessing, put a `rate-limit`
+//!   keyed by client IP before this plugin.
 //!
 //! The config is checked at load time; each of these fails it with a message naming
 //! the key: an unknown key, `header` not a header name a plugin may write (or
@@ -68,7 +69,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use weir_plugin_sdk::log;
 use weir_plugin_sdk::metrics::Counter;
 use weir_plugin_sdk::prelude::*;
@@ -164,7 +165,11 @@ impl Policy for KeyAuth {
             ));
         }
         if let Some(q) = &config.query {
-            if q.is_empty() || !q.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
                 errors.push(format!(
                     "query: `{}` is not a plain parameter name (letters, digits and -._~)",
                     q.escape_debug()
@@ -177,7 +182,9 @@ impl Policy for KeyAuth {
         }
         let (missing_message, challenge) = match &config.query {
             Some(q) => (
-                format!("no API key: send it in the `{header}` header or the `{q}` query parameter"),
+                format!(
+                    "no API key: send it in the `{header}` header or the `{q}` query parameter"
+                ),
                 format!("ApiKey header=\"{header}\", query=\"{q}\""),
             ),
             None => (
@@ -233,7 +240,7 @@ weir_plugin_sdk::export_policy!(KeyAuth);
 
 impl KeyAuth {
     /// The non-empty key of the header, else of the query parameter.
-    fn presented_key(&self, req: &dyn Request) -> Option<(String, Source)> {
+    fn presented_key(&self, req: &dyn RequestInfo) -> Option<(String, Source)> {
         if let Some(key) = req.headers().get(&self.header).filter(|k| !k.is_empty()) {
             return Some((key, Source::Header));
         }
@@ -248,14 +255,17 @@ impl KeyAuth {
         }
     }
 
-    fn unauthorized(&self, message: &str, req: &dyn Request) -> Decision {
+    fn unauthorized(&self, message: &str, req: &dyn RequestInfo) -> Decision {
         Decision::error(401, "unauthorized", message, req)
             .header("www-authenticate", &self.challenge)
     }
 }
 
 /// Checks the consumers and maps every key's digest to its consumer's name.
-fn consumer_keys(consumers: &[ConsumerConfig], errors: &mut Vec<String>) -> BTreeMap<KeyDigest, String> {
+fn consumer_keys(
+    consumers: &[ConsumerConfig],
+    errors: &mut Vec<String>,
+) -> BTreeMap<KeyDigest, String> {
     if consumers.is_empty() {
         errors.push("consumers: give at least one consumer with a key".into());
     }
@@ -277,11 +287,16 @@ fn consumer_keys(consumers: &[ConsumerConfig], errors: &mut Vec<String>) -> BTre
             errors.push(format!("{at}: no key: give `keys` or `key_hashes`"));
         }
         let plain = consumer.keys.iter().enumerate().map(|(k, key)| {
-            (format!("{at}.keys[{k}]"), check_key(key).map(|()| digest(key)))
+            (
+                format!("{at}.keys[{k}]"),
+                check_key(key).map(|()| digest(key)),
+            )
         });
-        let hashed = consumer.key_hashes.iter().enumerate().map(|(k, hash)| {
-            (format!("{at}.key_hashes[{k}]"), parse_hash(hash))
-        });
+        let hashed = consumer
+            .key_hashes
+            .iter()
+            .enumerate()
+            .map(|(k, hash)| (format!("{at}.key_hashes[{k}]"), parse_hash(hash)));
         for (place, digest) in plain.chain(hashed) {
             match digest {
                 Err(e) => errors.push(format!("{place}: {e}")),

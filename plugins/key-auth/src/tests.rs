@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use weir_plugin_sdk::metrics;
 use weir_plugin_sdk::testing::{self, MockRequest};
 
-/// SHA-256 of `test`, from the FIPS 180 test vectors' usual companion.
+/// SHA-256 of `test` (`printf %s test | sha256sum`).
 const TEST_HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 fn policy(config: serde_json::Value) -> KeyAuth {
@@ -58,7 +58,8 @@ fn refuse(p: &KeyAuth, mut req: MockRequest) -> String {
     body["message"].as_str().unwrap().to_string()
 }
 
-const MISSING: &str = "no API key: send it in the `x-api-key` header or the `api_key` query parameter";
+const MISSING: &str =
+    "no API key: send it in the `x-api-key` header or the `api_key` query parameter";
 const INVALID: &str = "invalid API key";
 
 // --- config ---
@@ -93,13 +94,19 @@ fn no_consumers_is_an_error() {
 fn header_must_be_writable_and_not_x_consumer() {
     let c = one_consumer("k");
     let err = error(json!({"header": "bad header", "consumers": c}));
-    assert!(err.starts_with("header: `bad header` is not a valid header name"), "{err}");
+    assert!(
+        err.starts_with("header: `bad header` is not a valid header name"),
+        "{err}"
+    );
     let err = error(json!({"header": "", "consumers": c}));
     assert!(err.starts_with("header: "), "{err}");
     let err = error(json!({"header": "Host", "consumers": c}));
     assert!(err.starts_with("header: `host` cannot be changed"), "{err}");
     let err = error(json!({"header": ":path", "consumers": c}));
-    assert!(err.starts_with("header: `:path` is a pseudo-header"), "{err}");
+    assert!(
+        err.starts_with("header: `:path` is a pseudo-header"),
+        "{err}"
+    );
     let err = error(json!({"header": "X-Consumer", "consumers": c}));
     assert_eq!(
         err,
@@ -121,9 +128,18 @@ fn query_must_be_a_plain_name() {
 fn consumer_names_are_checked() {
     let cases = [
         ("", "consumers[0].name: empty"),
-        ("al ice", "consumers[0].name: `al ice` has a character outside visible ASCII"),
-        ("al\nice", "consumers[0].name: `al\\nice` has a character outside visible ASCII"),
-        ("zoë", "consumers[0].name: `zoë` has a character outside visible ASCII"),
+        (
+            "al ice",
+            "consumers[0].name: `al ice` has a character outside visible ASCII",
+        ),
+        (
+            "al\nice",
+            "consumers[0].name: `al\\nice` has a character outside visible ASCII",
+        ),
+        (
+            "zoë",
+            "consumers[0].name: `zoë` has a character outside visible ASCII",
+        ),
     ];
     for (name, expected) in cases {
         let err = error(json!({"consumers": [{"name": name, "keys": ["k"]}]}));
@@ -204,7 +220,9 @@ fn bad_hashes_are_refused() {
         let err = error(json!({"consumers": [{"name": "a", "key_hashes": [hash]}]}));
         assert_eq!(
             err,
-            format!("consumers[0].key_hashes[0]: expected `sha256:` followed by 64 hex digits {why}")
+            format!(
+                "consumers[0].key_hashes[0]: expected `sha256:` followed by 64 hex digits {why}"
+            )
         );
     }
 }
@@ -216,18 +234,27 @@ fn the_same_key_twice_is_refused_wherever_it_is() {
         {"name": "a", "keys": ["k1"]},
         {"name": "b", "keys": ["k2", "k1"]},
     ]}));
-    assert_eq!(err, "consumers[1].keys[1]: the same key as consumers[0].keys[0]");
+    assert_eq!(
+        err,
+        "consumers[1].keys[1]: the same key as consumers[0].keys[0]"
+    );
     // Plain on one, hashed (either case of hex) on another.
     let err = error(json!({"consumers": [
         {"name": "a", "keys": ["test"]},
         {"name": "b", "key_hashes": [TEST_HASH.to_uppercase().replace("SHA256", "sha256")]},
     ]}));
-    assert_eq!(err, "consumers[1].key_hashes[0]: the same key as consumers[0].keys[0]");
+    assert_eq!(
+        err,
+        "consumers[1].key_hashes[0]: the same key as consumers[0].keys[0]"
+    );
     // Twice on one consumer.
     let err = error(json!({"consumers": [
         {"name": "a", "keys": ["test"], "key_hashes": [TEST_HASH]},
     ]}));
-    assert_eq!(err, "consumers[0].key_hashes[0]: the same key as consumers[0].keys[0]");
+    assert_eq!(
+        err,
+        "consumers[0].key_hashes[0]: the same key as consumers[0].keys[0]"
+    );
 }
 
 #[test]
@@ -243,6 +270,27 @@ fn every_error_is_reported_at_once() {
     assert!(parts[1].starts_with("query: "));
     assert_eq!(parts[2], "consumers[0].name: empty");
     assert_eq!(parts[3], "consumers[0].keys[0]: empty key");
+}
+
+#[test]
+fn the_documented_config_loads_and_works() {
+    let example: String = include_str!("lib.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .skip_while(|l| *l != "```toml")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // What the gateway's ${ENV} substitution does.
+    let example = example.replace("${ALICE_API_KEY}", "alice-secret");
+    let file: toml::Value = toml::from_str(&example).unwrap();
+    let p = policy(serde_json::to_value(&file["plugins"][0]["config"]).unwrap());
+    let req = pass(&p, MockRequest::get("/?api_key=alice-secret"));
+    assert_eq!(req.consumer(), Some("alice"));
+    let req = pass(&p, MockRequest::get("/").header("x-api-key", "test"));
+    assert_eq!(req.consumer(), Some("billing-batch"));
 }
 
 // --- requests ---
@@ -478,10 +526,22 @@ fn odd_encodings_are_refused() {
     // Bytes that are not UTF-8 reach the policy as U+FFFD (the SDK's lossy decoding).
     let odd = ["\u{FFFD}", "alice-key-1\u{FFFD}", "ключ", "\u{7f}"];
     for key in odd {
-        assert_eq!(refuse(&p, MockRequest::get("/").header("x-api-key", key)), INVALID);
+        assert_eq!(
+            refuse(&p, MockRequest::get("/").header("x-api-key", key)),
+            INVALID
+        );
     }
-    for query in ["api_key=%FF", "api_key=alice-key-1%00", "api_key=%E2%80%AE", "api_key=%zz"] {
-        assert_eq!(refuse(&p, MockRequest::get(&format!("/?{query}"))), INVALID, "{query}");
+    for query in [
+        "api_key=%FF",
+        "api_key=alice-key-1%00",
+        "api_key=%E2%80%AE",
+        "api_key=%zz",
+    ] {
+        assert_eq!(
+            refuse(&p, MockRequest::get(&format!("/?{query}"))),
+            INVALID,
+            "{query}"
+        );
     }
     // A repeated header reaches the policy joined (Weir's answer): no key matches.
     let req = MockRequest::get("/")
@@ -495,7 +555,10 @@ fn an_oversized_key_is_refused() {
     let p = standard();
     for len in [MAX_KEY_LEN + 1, 64 * 1024] {
         let key = "a".repeat(len);
-        assert_eq!(refuse(&p, MockRequest::get("/").header("x-api-key", &key)), INVALID);
+        assert_eq!(
+            refuse(&p, MockRequest::get("/").header("x-api-key", &key)),
+            INVALID
+        );
         let target = format!("/?api_key={key}");
         assert_eq!(refuse(&p, MockRequest::get(&target)), INVALID);
     }
@@ -517,7 +580,10 @@ fn outcomes_are_counted() {
     pass(&p, MockRequest::get("/?api_key=alice-key-1"));
     refuse(&p, MockRequest::get("/"));
     refuse(&p, MockRequest::get("/").header("x-api-key", "bad"));
-    refuse(&p, MockRequest::get("/").header("x-api-key", &"a".repeat(2000)));
+    refuse(
+        &p,
+        MockRequest::get("/").header("x-api-key", &"a".repeat(2000)),
+    );
     refuse(&p, MockRequest::get("/?api_key=bad"));
     let after = count();
     let delta: Vec<i64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
@@ -566,7 +632,10 @@ fn a_wrong_key_is_logged_at_info_without_the_key() {
                 .header("x-request-id", "r-9")
                 .client("10.0.0.1:5000"),
         );
-        refuse(&p, MockRequest::get("/?api_key=guess-456").header("x-request-id", "r-10"));
+        refuse(
+            &p,
+            MockRequest::get("/?api_key=guess-456").header("x-request-id", "r-10"),
+        );
     });
     assert_eq!(
         logs,

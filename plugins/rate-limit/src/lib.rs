@@ -224,7 +224,10 @@ enum KeyKind {
     Ip,
     Route,
     /// The header's name and the key kind written in store keys (`header.<name>`).
-    Header { name: String, kind: String },
+    Header {
+        name: String,
+        kind: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,11 +279,7 @@ const MAX_LITERAL: usize = 64;
 const MAX_HEADER_NAME: usize = 128;
 /// The request variable carrying `"<limit> <remaining> <reset>"` to `on_response`.
 const VAR: &str = "ratelimit";
-const HEADER_NAMES: [&str; 3] = [
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-];
+const HEADER_NAMES: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
 
 impl Policy for RateLimit {
     type Config = Config;
@@ -323,105 +322,18 @@ impl Policy for RateLimit {
         };
         let algo = algorithm.unwrap_or(Algorithm::TokenBucket);
 
-        let mut tiers = BTreeMap::new();
-        for (name, tier) in &config.tiers {
-            let path = format!("tiers.{name}");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                errors.push(format!(
-                    "{path}: a tier name is 1 to 64 of A-Z, a-z, 0-9, `_` and `-`"
-                ));
-                continue;
-            }
-            let (limit, window) = (tier.limit, tier.window.as_deref());
-            for (field, missing) in [("limit", limit.is_none()), ("window", window.is_none())] {
-                if missing {
-                    errors.push(format!("{path}.{field}: missing"));
-                }
-            }
-            if let (Some(limit), Some(window)) = (limit, window) {
-                let fields = RateFields {
-                    path: &format!("{path}."),
-                    scope: name,
-                    limit,
-                    window,
-                    burst: tier.burst,
-                };
-                if let Some(rate) = fields.compile(algo, &mut errors) {
-                    tiers.insert(name.clone(), Rc::new(rate));
-                }
-            }
-        }
-        let known = || config.tiers.keys().cloned().collect::<Vec<_>>().join(", ");
-        let mut tier = |key: String, name: &str, errors: &mut Vec<String>| {
-            let rate = tiers.get(name).cloned();
-            if rate.is_none() && !config.tiers.contains_key(name) {
-                errors.push(format!(
-                    "{key}: no tier named `{name}` (tiers: {})",
-                    if config.tiers.is_empty() { "none".into() } else { known() }
-                ));
-            }
-            rate
-        };
+        let tiers = Tiers::compile(&config.tiers, algo, &mut errors);
         let mut consumer_tiers = BTreeMap::new();
         for (consumer, name) in &config.consumer_tiers {
             if consumer.is_empty() {
                 errors.push("consumer_tiers: an empty consumer name".into());
             }
-            if let Some(rate) = tier(format!("consumer_tiers.{consumer}"), name, &mut errors) {
+            let key = format!("consumer_tiers.{consumer}");
+            if let Some(rate) = tiers.find(&key, name, &mut errors) {
                 consumer_tiers.insert(consumer.clone(), rate);
             }
         }
-        let top = match (config.limit, config.window.as_deref()) {
-            (Some(limit), Some(window)) => RateFields {
-                path: "",
-                scope: "*",
-                limit,
-                window,
-                burst: config.burst,
-            }
-            .compile(algo, &mut errors)
-            .map(Rc::new),
-            (Some(_), None) => {
-                errors.push("window: missing (`limit` is given)".into());
-                None
-            }
-            (None, Some(_)) => {
-                errors.push("limit: missing (`window` is given)".into());
-                None
-            }
-            (None, None) => {
-                if config.burst.is_some() {
-                    errors.push("burst: given without `limit` and `window`".into());
-                }
-                None
-            }
-        };
-        let given_top = config.limit.is_some() || config.window.is_some();
-        let default = match (&config.default_tier, given_top) {
-            (Some(_), true) => {
-                errors.push(
-                    "default_tier: give either default_tier or the top-level limit/window, \
-                     not both"
-                        .into(),
-                );
-                None
-            }
-            (Some(name), false) => tier("default_tier".into(), name, &mut errors),
-            (None, true) => top,
-            (None, false) => {
-                errors.push(
-                    "limit: missing: give `limit` and `window` (or `default_tier`) for \
-                     requests without a tier"
-                        .into(),
-                );
-                None
-            }
-        };
+        let default = default_rate(&config, &tiers, algo, &mut errors);
 
         match (errors.is_empty(), default) {
             (true, Some(default)) => Ok(RateLimit {
@@ -472,11 +384,9 @@ impl Policy for RateLimit {
             return Decision::Continue;
         }
         let retry = secs_until(verdict.retry_at, now).to_string();
-        let message = format!(
-            "rate limit of {} exceeded; retry in {retry} s",
-            rate.label
-        );
-        let answer = Decision::error(429, "rate_limited", &message, req).header("retry-after", &retry);
+        let message = format!("rate limit of {} exceeded; retry in {retry} s", rate.label);
+        let answer =
+            Decision::error(429, "rate_limited", &message, req).header("retry-after", &retry);
         if !self.headers {
             return answer;
         }
@@ -528,7 +438,7 @@ impl RateLimit {
     fn client_ip(&self, req: &dyn RequestInfo) -> Option<String> {
         Some(match req.client_ip()?.to_canonical() {
             IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(_) if self.ipv6_prefix == 128 => req.client_ip()?.to_string(),
+            IpAddr::V6(v6) if self.ipv6_prefix == 128 => v6.to_string(),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & self.ipv6_mask);
                 format!("{net}/{}", self.ipv6_prefix)
@@ -575,7 +485,11 @@ impl RateLimit {
     }
 
     fn store_failed(&self, req: &dyn RequestInfo, key: &str, e: &StoreError, now: u64) -> Decision {
-        let outcome = if self.deny_on_store_error { "denied" } else { "allowed" };
+        let outcome = if self.deny_on_store_error {
+            "denied"
+        } else {
+            "allowed"
+        };
         self.warnings.warn(now, || {
             format!("rate-limit store error on `{key}`: {e}; request {outcome} (on_store_error)")
         });
@@ -591,9 +505,10 @@ impl Rate {
     /// GCRA. `tat` is the stored theoretical arrival time: when the bucket is full again.
     fn gcra(&self, tat: Option<[u64; 1]>, now: u64) -> (Verdict, Option<Vec<u64>>) {
         // A time further ahead than one full bucket means the clock went backwards:
-        // count the client as having spent its budget, no more.
-        let tat = tat.map_or(now, |[t]| t.clamp(now, now + self.capacity_ns));
-        let new_tat = tat + self.interval_ns;
+        // count the client as having spent its budget, no more, and store that.
+        let stored = tat.map_or(now, |[t]| t);
+        let tat = stored.clamp(now, now.saturating_add(self.capacity_ns));
+        let new_tat = tat.saturating_add(self.interval_ns);
         let allow_at = new_tat.saturating_sub(self.capacity_ns);
         let verdict = Verdict {
             allowed: now >= allow_at,
@@ -603,7 +518,7 @@ impl Rate {
             retry_at: allow_at,
         };
         if !verdict.allowed {
-            return (verdict, None);
+            return (verdict, (tat < stored).then(|| vec![tat]));
         }
         let remaining = (self.capacity_ns - (new_tat - now)) / self.interval_ns;
         let verdict = Verdict {
@@ -623,14 +538,16 @@ impl Rate {
         let elapsed = now - start;
         let (count, previous) = match stored {
             None => (0, 0),
-            // A window from the future means the clock went backwards: keep its counts.
+            // A window from the future means the clock went backwards: its counts are
+            // taken as this window's (and stored so, below).
             Some([window, count, previous]) if window >= n => (count, previous),
             Some([window, count, _]) if window + 1 == n => (0, count),
             Some(_) => (0, 0),
         };
         // Weighted in 1/w of a request, so the comparison is exact in integers.
         let (w128, limit) = (u128::from(w), u128::from(self.limit) * u128::from(w));
-        let weighted = |c: u64| u128::from(c) * w128 + u128::from(previous) * u128::from(w - elapsed);
+        let weighted =
+            |c: u64| u128::from(c) * w128 + u128::from(previous) * u128::from(w - elapsed);
         let next = count.saturating_add(1);
         let allowed = weighted(next) <= limit;
         let counted = if allowed { next } else { count };
@@ -644,9 +561,19 @@ impl Rate {
             },
             // The full budget is back once every counted request has slid out.
             reset_at: start + if counted > 0 { 2 * w } else { w },
-            retry_at: if allowed { now } else { self.sliding_retry_at(start, count, previous) },
+            retry_at: if allowed {
+                now
+            } else {
+                self.sliding_retry_at(start, count, previous)
+            },
         };
-        (verdict, allowed.then(|| vec![n, next, previous]))
+        let skewed = matches!(stored, Some([window, ..]) if window > n);
+        let write = match (allowed, skewed) {
+            (true, _) => Some(vec![n, next, previous]),
+            (false, true) => Some(vec![n, count, previous]),
+            (false, false) => None,
+        };
+        (verdict, write)
     }
 
     /// When a request denied in the window starting at `start` would be allowed.
@@ -685,7 +612,10 @@ impl RateFields<'_> {
         let path = self.path;
         let before = errors.len();
         if self.limit < 1 {
-            errors.push(format!("{path}limit: must be at least 1, got {}", self.limit));
+            errors.push(format!(
+                "{path}limit: must be at least 1, got {}",
+                self.limit
+            ));
         }
         let window_ns = match parse_duration(self.window) {
             Ok(0) => {
@@ -693,7 +623,10 @@ impl RateFields<'_> {
                 0
             }
             Ok(ns) if ns > MAX_WINDOW_NS => {
-                errors.push(format!("{path}window: `{}` is longer than 24h", self.window));
+                errors.push(format!(
+                    "{path}window: `{}` is longer than 24h",
+                    self.window
+                ));
                 0
             }
             Ok(ns) => ns,
@@ -745,10 +678,131 @@ impl RateFields<'_> {
             label: format!("{limit} requests per {}", self.window),
             limit,
             window_ns,
-            burst: if algo == Algorithm::TokenBucket { burst } else { limit },
+            burst: if algo == Algorithm::TokenBucket {
+                burst
+            } else {
+                limit
+            },
             interval_ns,
             capacity_ns,
         })
+    }
+}
+
+/// The compiled `tiers`, and the names given (a tier that failed to compile is known,
+/// so naming it elsewhere is not a second error).
+struct Tiers<'a> {
+    given: &'a BTreeMap<String, TierConfig>,
+    rates: BTreeMap<&'a str, Rc<Rate>>,
+}
+
+impl<'a> Tiers<'a> {
+    fn compile(
+        given: &'a BTreeMap<String, TierConfig>,
+        algo: Algorithm,
+        errors: &mut Vec<String>,
+    ) -> Tiers<'a> {
+        let mut rates = BTreeMap::new();
+        for (name, tier) in given {
+            let path = format!("tiers.{name}");
+            let valid = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(valid) {
+                errors.push(format!(
+                    "{path}: a tier name is 1 to 64 of A-Z, a-z, 0-9, `_` and `-`"
+                ));
+                continue;
+            }
+            let (Some(limit), Some(window)) = (tier.limit, tier.window.as_deref()) else {
+                for (field, given) in [
+                    ("limit", tier.limit.is_some()),
+                    ("window", tier.window.is_some()),
+                ] {
+                    if !given {
+                        errors.push(format!("{path}.{field}: missing"));
+                    }
+                }
+                continue;
+            };
+            let fields = RateFields {
+                path: &format!("{path}."),
+                scope: name,
+                limit,
+                window,
+                burst: tier.burst,
+            };
+            if let Some(rate) = fields.compile(algo, errors) {
+                rates.insert(name.as_str(), Rc::new(rate));
+            }
+        }
+        Tiers { given, rates }
+    }
+
+    /// The tier `name` that config key `key` refers to.
+    fn find(&self, key: &str, name: &str, errors: &mut Vec<String>) -> Option<Rc<Rate>> {
+        if !self.given.contains_key(name) {
+            let known: Vec<&str> = self.given.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            errors.push(format!("{key}: no tier named `{name}` (tiers: {known})"));
+        }
+        self.rates.get(name).cloned()
+    }
+}
+
+/// The budget of requests without a tier: `default_tier` or the top-level fields.
+fn default_rate(
+    config: &Config,
+    tiers: &Tiers,
+    algo: Algorithm,
+    errors: &mut Vec<String>,
+) -> Option<Rc<Rate>> {
+    let top = match (config.limit, config.window.as_deref()) {
+        (Some(limit), Some(window)) => {
+            let fields = RateFields {
+                path: "",
+                scope: "*",
+                limit,
+                window,
+                burst: config.burst,
+            };
+            fields.compile(algo, errors).map(Rc::new)
+        }
+        (Some(_), None) => {
+            errors.push("window: missing (`limit` is given)".into());
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("limit: missing (`window` is given)".into());
+            None
+        }
+        (None, None) if config.burst.is_some() => {
+            errors.push("burst: given without `limit` and `window`".into());
+            None
+        }
+        (None, None) => None,
+    };
+    let given_top = config.limit.is_some() || config.window.is_some();
+    match (&config.default_tier, given_top) {
+        (Some(name), false) => tiers.find("default_tier", name, errors),
+        (None, true) => top,
+        (Some(_), true) => {
+            errors.push(
+                "default_tier: give either default_tier or the top-level limit/window, not both"
+                    .into(),
+            );
+            None
+        }
+        (None, false) => {
+            errors.push(
+                "limit: missing: give `limit` and `window` (or `default_tier`) for requests \
+                 without a tier"
+                    .into(),
+            );
+            None
+        }
     }
 }
 
@@ -791,7 +845,10 @@ fn one_of<T: Copy>(
     let found = options.iter().find(|(name, _)| *name == value);
     if found.is_none() {
         let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
-        errors.push(format!("{key}: expected {}, got {value:?}", names.join(" or ")));
+        errors.push(format!(
+            "{key}: expected {}, got {value:?}",
+            names.join(" or ")
+        ));
     }
     found.map(|(_, v)| *v)
 }
@@ -899,7 +956,7 @@ impl WarnGate {
         }
         match self.skipped.swap(0, Ordering::Relaxed) {
             0 => log::warn!("{}", message()),
-            n => log::warn!("{} ({n} similar warnings left out)", message()),
+            n => log::warn!("{} ({n} more since the last warning)", message()),
         }
     }
 }

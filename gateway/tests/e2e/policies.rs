@@ -1,0 +1,159 @@
+//! The built-in policies (plugins/, built by scripts/build-plugins.sh) through the
+//! gateway: each one's main behaviour on real requests.
+
+use super::common::*;
+
+#[test]
+fn request_size_limit_refuses_declared_and_streamed_bodies() {
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "limit"
+wasm = "{plugin:request-size-limit}"
+config = { max_size = "100B" }
+[[routes]]
+name = "upload"
+upstream = "app"
+plugins = ["limit"]
+"#,
+    );
+    // A declared length is refused before the upstream is contacted.
+    let r = Req::new("POST", "/up")
+        .body(&[b'a'; 101])
+        .send(w.addr)
+        .unwrap();
+    assert_json_error(&r, 413, Some("payload_too_large"));
+    assert_eq!(up.hits(), 0);
+    let r = Req::new("POST", "/up")
+        .body(&[b'a'; 100])
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().unwrap().body, [b'a'; 100]);
+
+    // A chunked body is counted as it streams.
+    let head = "POST /up HTTP/1.1\r\nHost: test.local";
+    let r = send_chunked(w.addr, head, &[&[b'x'; 60], &[b'y'; 60], &[b'z'; 60]]).unwrap();
+    assert_json_error(&r, 413, Some("payload_too_large"));
+    let r = send_chunked(w.addr, head, &[&[b'x'; 60], &[b'y'; 40]]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().unwrap().body.len(), 100);
+}
+
+#[test]
+fn cors_answers_preflights_and_marks_allowed_responses() {
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "cors"
+wasm = "{plugin:cors}"
+config = { allow_origins = ["https://*.example.com"], allow_methods = ["GET", "POST"], expose_headers = ["x-request-id"], allow_credentials = true, max_age = 300 }
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["cors"]
+"#,
+    );
+    let preflight = |origin: &str, method: &str| {
+        Req::new("OPTIONS", "/items")
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send(w.addr)
+            .unwrap()
+    };
+    let r = preflight("https://app.example.com", "POST");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-max-age"), Some("300"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(up.hits(), 0, "a preflight never goes upstream");
+
+    for (origin, method) in [
+        ("https://example.com.evil.com", "POST"),
+        ("https://app.example.com", "DELETE"),
+    ] {
+        let r = preflight(origin, method);
+        assert_eq!(r.status, 403, "{origin} {method}");
+        assert_eq!(r.json()["error"], "cors_rejected");
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+    assert_eq!(up.hits(), 0);
+
+    let r = Req::get("/items")
+        .header("origin", "https://a.b.example.com")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.b.example.com")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert!(r.header("vary").unwrap().contains("Origin"));
+    // Not allowed: it still goes upstream, without CORS headers.
+    let r = Req::get("/items")
+        .header("origin", "https://elsewhere.org")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(up.hits(), 2);
+}
+
+#[test]
+fn ip_restriction_follows_the_trusted_proxy_decision() {
+    let up = Upstream::start("app");
+    let plugins = r#"
+[[plugins]]
+name = "office"
+wasm = "{plugin:ip-restriction}"
+config = { allow = ["10.0.0.0/8", "2001:db8::/32"], deny = ["10.66.0.0/16"] }
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["office"]
+"#;
+    // The test client is 127.0.0.1, outside the allow list; without trusted proxies
+    // its x-forwarded-for is not believed.
+    let w = gateway_with(up.addr, plugins);
+    let r = Req::get("/")
+        .header("x-forwarded-for", "10.1.2.3")
+        .send(w.addr)
+        .unwrap();
+    assert_json_error(&r, 403, Some("forbidden"));
+    assert_eq!(up.hits(), 0);
+    drop(w);
+
+    // Behind a trusted proxy (127.0.0.1), the forwarded address decides.
+    let w = gateway_with_server(up.addr, r#"trusted_proxies = ["127.0.0.1/32"]"#, plugins);
+    for (xff, status) in [
+        ("10.1.2.3", 200),
+        ("10.66.0.9", 403),
+        ("2001:db8::7", 200),
+        ("192.0.2.1", 403),
+        ("203.0.113.9, 10.1.2.3", 200),
+    ] {
+        let r = Req::get("/")
+            .header("x-forwarded-for", xff)
+            .send(w.addr)
+            .unwrap();
+        assert_eq!(r.status, status, "x-forwarded-for: {xff}");
+    }
+    let r = Req::get("/").send(w.addr).unwrap();
+    assert_eq!(r.status, 403, "the proxy itself is not in the list");
+}
