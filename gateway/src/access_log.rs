@@ -31,6 +31,8 @@ pub struct LogEntry {
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub upstream_target: Option<Arc<str>>,
+    /// Who the client is, as an auth plugin said (the `weir.consumer` property).
+    pub consumer: Option<String>,
     pub duration_ms: f64,
     pub upstream_duration_ms: Option<f64>,
     pub user_agent: String,

@@ -32,6 +32,9 @@ use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo,
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
 use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
+/// The property auth plugins name the consumer in (the SDK's `set_consumer`).
+const CONSUMER_PROPERTY: &str = "weir.consumer";
+
 /// HTTP calls one plugin may make for one request.
 const MAX_PLUGIN_CALLS: usize = 16;
 
@@ -918,6 +921,10 @@ impl ProxyHttp for WeirProxy {
                 .zip(ctx.target)
                 .and_then(|(u, i)| u.targets.get(i))
                 .map(|t| t.label.clone()),
+            consumer: ctx
+                .properties
+                .get(CONSUMER_PROPERTY)
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
             duration_ms: elapsed.as_secs_f64() * 1e3,
             upstream_duration_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
             user_agent: req

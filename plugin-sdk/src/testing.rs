@@ -663,7 +663,7 @@ mod tests {
     }
 }
 
-/// A request body for [`Policy::on_request_body`](crate::Policy::on_request_body) in
+/// A request body for [`Policy::on_request_body`] in
 /// tests: a chunk (or the whole body) with how much was seen before it.
 ///
 /// ```

@@ -386,7 +386,13 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> i32 {
             match read(&mut c, ptr, len) {
                 Ok(bytes) => {
-                    log(c.data(), level, &String::from_utf8_lossy(&bytes));
+                    let msg = String::from_utf8_lossy(&bytes);
+                    log(c.data(), level, &msg);
+                    // Start-up errors explain a failed load (`weir check`, a reload).
+                    let st = c.data_mut();
+                    if level >= abi::LOG_ERROR && st.scope.phase == Some(Phase::Root) {
+                        st.startup_error = Some(msg.chars().take(1024).collect());
+                    }
                     Status::Ok as i32
                 }
                 Err(s) => s as i32,

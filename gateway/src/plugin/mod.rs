@@ -322,6 +322,7 @@ impl Plugin {
             alloc: None,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            startup_error: None,
         };
         Vm::start(&self.engine, &self.pre, state, self.cpu_limit)
     }

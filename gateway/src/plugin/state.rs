@@ -110,6 +110,8 @@ pub struct HostState {
     /// Partial lines written to stdout/stderr, flushed to the log at newlines.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The last error the plugin logged while starting (why `on_configure` refused).
+    pub startup_error: Option<String>,
 }
 
 impl HostState {

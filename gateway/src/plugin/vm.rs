@@ -168,9 +168,11 @@ impl Vm {
                 .call(&mut store, (ROOT_CONTEXT_ID, len))
                 .map_err(|e| format!("on_configure failed: {}", Failure::from_error(e)))?;
             if ok == 0 {
-                return Err(
-                    "on_configure rejected the plugin configuration (see the plugin's log)".into(),
-                );
+                return Err(match store.data_mut().startup_error.take() {
+                    Some(why) => format!("on_configure rejected the plugin configuration: {why}"),
+                    None => "on_configure rejected the plugin configuration (see the plugin's log)"
+                        .into(),
+                });
             }
         }
         store.data_mut().scope = Scope::default();

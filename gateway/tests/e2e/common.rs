@@ -744,8 +744,14 @@ pub fn gateway_with(up: SocketAddr, rest: &str) -> Weir {
     gateway_with_server(up, "", rest)
 }
 
-/// [`gateway_with`], with more `[server]` keys.
+/// [`gateway_with`], with more `[server]` keys. The access log is off unless `rest`
+/// has an `[access_log]` table.
 pub fn gateway_with_server(up: SocketAddr, server: &str, rest: &str) -> Weir {
+    let log = if rest.contains("[access_log]") {
+        ""
+    } else {
+        "[access_log]\noutput = \"off\""
+    };
     let mut rest = rest.to_string();
     while let Some(start) = rest.find("{plugin:") {
         let end = start + rest[start..].find('}').expect("unclosed {plugin:");
@@ -761,8 +767,7 @@ watch_config = false
 {server}
 [admin]
 listen = "{{admin}}"
-[access_log]
-output = "off"
+{log}
 [[upstreams]]
 name = "app"
 targets = ["{up}"]

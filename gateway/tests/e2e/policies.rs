@@ -157,3 +157,119 @@ plugins = ["office"]
     let r = Req::get("/").send(w.addr).unwrap();
     assert_eq!(r.status, 403, "the proxy itself is not in the list");
 }
+
+#[test]
+fn key_auth_names_the_consumer_and_strips_the_key() {
+    let up = Upstream::start("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+    let w = gateway_with(
+        up.addr,
+        &format!(
+            r#"
+[access_log]
+output = "{}"
+[[plugins]]
+name = "key-auth"
+wasm = "{{plugin:key-auth}}"
+[plugins.config]
+query = "api_key"
+[[plugins.config.consumers]]
+name = "alice"
+keys = ["alice-key-1"]
+[[plugins.config.consumers]]
+name = "batch"
+key_hashes = ["{hash}"]
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["key-auth"]
+"#,
+            log.display()
+        ),
+    );
+
+    let r = Req::get("/orders").send(w.addr).unwrap();
+    assert_json_error(&r, 401, Some("unauthorized"));
+    assert!(r.header("www-authenticate").unwrap().starts_with("ApiKey"));
+    let r = Req::get("/orders")
+        .header("x-api-key", "wrong")
+        .header("x-consumer", "admin")
+        .send(w.addr)
+        .unwrap();
+    assert_json_error(&r, 401, Some("unauthorized"));
+    assert!(!r.text().contains("wrong"), "the key is never echoed");
+    assert_eq!(up.hits(), 0);
+
+    // A client's own x-consumer never reaches the upstream.
+    let r = Req::get("/orders")
+        .header("x-api-key", "alice-key-1")
+        .header("x-consumer", "admin")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer"), Some("alice"));
+    assert_eq!(seen.header("x-api-key"), None);
+
+    // A hashed key, sent in the query: the parameter is removed, the rest kept.
+    let r = Req::get("/orders?a=1&api_key=test&b=2").send(w.addr).unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.path, "/orders?a=1&b=2");
+    assert_eq!(seen.header("x-consumer"), Some("batch"));
+
+    let metrics = w.metrics();
+    for (name, n) in [
+        ("key_auth_allowed_total", 2),
+        ("key_auth_rejected_missing_total", 1),
+        ("key_auth_rejected_invalid_total", 1),
+    ] {
+        let line = format!("weir_plugin_counter{{plugin=\"key-auth\",name=\"{name}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    // The access log names the consumer.
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 4)
+    }));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let consumers: Vec<&str> = lines
+        .iter()
+        .map(|l| l["consumer"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(consumers, ["-", "-", "alice", "batch"]);
+}
+
+#[test]
+fn a_policy_config_error_is_reported_with_the_policy_message() {
+    let cfg = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:1"]
+[[upstreams]]
+name = "app"
+targets = ["127.0.0.1:1"]
+[[plugins]]
+name = "key-auth"
+wasm = "{}"
+config = {{ header = "x-key", consumers = [] }}
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["key-auth"]
+"#,
+        built_plugin("key-auth")
+    );
+    let (ok, out) = weir_check(&cfg);
+    assert!(!ok);
+    assert!(out.contains("plugin `key-auth`"), "{out}");
+    assert!(
+        out.contains("consumers: give at least one consumer with a key"),
+        "{out}"
+    );
+}

@@ -259,13 +259,15 @@ pub fn jwk_kid(jwk: &Value) -> Option<&str> {
 pub fn load_jwk(jwk: &Value) -> Result<Key, String> {
     let object = jwk.as_object().ok_or("a JWK must be an object")?;
     if let Some(member) = SECRET_MEMBERS.iter().find(|m| object.contains_key(**m)) {
-        return Err(if object.get("kty").and_then(Value::as_str) == Some("oct") {
-            "symmetric JWKs (kty `oct`) are not accepted: give the secret as \
+        return Err(
+            if object.get("kty").and_then(Value::as_str) == Some("oct") {
+                "symmetric JWKs (kty `oct`) are not accepted: give the secret as \
              keys = [{ alg = \"HS256\", secret = \"${ENV_VAR}\" }]"
-                .to_string()
-        } else {
-            format!("the JWK carries private key material (`{member}`): give the public JWK")
-        });
+                    .to_string()
+            } else {
+                format!("the JWK carries private key material (`{member}`): give the public JWK")
+            },
+        );
     }
     let jwk = Jwk::deserialize(Value::Object(object.clone())).map_err(|e| e.to_string())?;
     if let Some(use_) = jwk.use_.as_deref().filter(|u| *u != "sig") {
@@ -337,7 +339,9 @@ pub fn jwk_set(jwks: Value) -> Result<Vec<Value>, String> {
         return Err("jwks: give a JWK set, `{ keys = [...] }` or its JSON text".into());
     };
     if let Some(other) = set.keys().find(|k| *k != "keys") {
-        return Err(format!("jwks: unknown member `{other}` (a JWK set has `keys`)"));
+        return Err(format!(
+            "jwks: unknown member `{other}` (a JWK set has `keys`)"
+        ));
     }
     match set.remove("keys") {
         Some(Value::Array(keys)) => Ok(keys),

@@ -343,14 +343,22 @@ impl JwtAuth {
             places.dedup();
             return Err(Failure {
                 kind: Kind::InvalidRequest,
-                message: format!("send one token, not {} ({})", found.len(), places.join(", ")),
+                message: format!(
+                    "send one token, not {} ({})",
+                    found.len(),
+                    places.join(", ")
+                ),
             });
         }
         found.pop().ok_or_else(|| Failure {
             kind: Kind::Missing,
             message: format!(
                 "send a token ({})",
-                self.sources.iter().map(Source::to_string).collect::<Vec<_>>().join(", ")
+                self.sources
+                    .iter()
+                    .map(Source::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
     }
@@ -613,7 +621,11 @@ fn sources(config: &Config, errors: &mut Vec<String>) -> Vec<Source> {
         }
     }
     if let Some(cookie) = &config.cookie {
-        if cookie.is_empty() || cookie.contains(|c: char| matches!(c, ';' | '=' | ',') || c.is_whitespace() || c.is_control()) {
+        if cookie.is_empty()
+            || cookie.contains(|c: char| {
+                matches!(c, ';' | '=' | ',') || c.is_whitespace() || c.is_control()
+            })
+        {
             errors.push(format!("cookie: `{cookie}` is not a cookie name"));
         } else {
             sources.push(Source::Cookie(cookie.clone()));
@@ -651,9 +663,7 @@ fn forward_claims(
                 "{key}: `{header}` is a token source or written by the plugin"
             ));
         } else if let Some((other, _)) = out.iter().find(|(_, h)| *h == header) {
-            errors.push(format!(
-                "{key}: `{header}` already carries claim `{other}`"
-            ));
+            errors.push(format!("{key}: `{header}` already carries claim `{other}`"));
         } else {
             out.push((claim, header));
         }

@@ -189,7 +189,10 @@ impl ClaimRules {
             }
         }
         if !self.audiences.is_empty() {
-            let accepted = |v: &Value| v.as_str().is_some_and(|a| self.audiences.iter().any(|x| x == a));
+            let accepted = |v: &Value| {
+                v.as_str()
+                    .is_some_and(|a| self.audiences.iter().any(|x| x == a))
+            };
             let ok = match claims.get("aud") {
                 None => return Err(Failure::token("the token has no `aud` claim")),
                 Some(aud @ Value::String(_)) => accepted(aud),

@@ -135,6 +135,14 @@
 //! `rate_limit_unavailable`. Either way a warning with the store key is logged, at
 //! most once per second per VM (with the number of warnings left out).
 //!
+//! # Metrics
+//!
+//! On the gateway's `/metrics`, as `weir_plugin_counter{plugin="<name>",name="…"}`:
+//! `rate_limit_allowed_total` (counted and let through), `rate_limit_limited_total`
+//! (answered 429), `rate_limit_key_missing_total` (no key, with `on_missing_key`
+//! `allow` or `deny`: not counted against any budget) and
+//! `rate_limit_store_errors_total` (`on_store_error` applied).
+//!
 //! # Config errors
 //!
 //! Every mistake fails the load with a message naming the key: an unknown key, `key`
@@ -154,8 +162,14 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 use weir_plugin_sdk::log;
+use weir_plugin_sdk::metrics::Counter;
 use weir_plugin_sdk::prelude::*;
 use weir_plugin_sdk::{StoreError, INCREMENT_ATTEMPTS};
+
+static ALLOWED: Counter = Counter::new("rate_limit_allowed_total");
+static LIMITED: Counter = Counter::new("rate_limit_limited_total");
+static KEY_MISSING: Counter = Counter::new("rate_limit_key_missing_total");
+static STORE_ERRORS: Counter = Counter::new("rate_limit_store_errors_total");
 
 /// The plugin's `config` table.
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +372,7 @@ impl Policy for RateLimit {
             .and_then(|c| self.consumer_tiers.get(c))
             .unwrap_or(&self.default);
         let Some(key) = self.store_key(req, &rate.scope) else {
+            KEY_MISSING.inc();
             return match self.on_missing_key {
                 OnMissingKey::Deny => {
                     let message = format!("this route is rate limited per {}", self.key_label());
@@ -378,11 +393,13 @@ impl Policy for RateLimit {
         ]
         .map(|n| n.to_string());
         if verdict.allowed {
+            ALLOWED.inc();
             if self.headers {
                 req.set_var(VAR, &format!("{limit} {remaining} {reset}"));
             }
             return Decision::Continue;
         }
+        LIMITED.inc();
         let retry = secs_until(verdict.retry_at, now).to_string();
         let message = format!("rate limit of {} exceeded; retry in {retry} s", rate.label);
         let answer =
@@ -485,6 +502,7 @@ impl RateLimit {
     }
 
     fn store_failed(&self, req: &dyn RequestInfo, key: &str, e: &StoreError, now: u64) -> Decision {
+        STORE_ERRORS.inc();
         let outcome = if self.deny_on_store_error {
             "denied"
         } else {

@@ -2,6 +2,7 @@ use super::*;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, SystemTime};
+use weir_plugin_sdk::metrics;
 use weir_plugin_sdk::testing::{self, MockRequest, MockResponse, MockStore};
 use weir_plugin_sdk::{Entry, Headers};
 
@@ -1127,4 +1128,29 @@ fn every_config_error_is_reported_at_once() {
         "tiers": {"gold": {"limit": 0, "window": "1m"}}, "consumer_tiers": {"alice": "gold"},
     }));
     assert_eq!(e, "tiers.gold.limit: must be at least 1, got 0");
+}
+
+#[test]
+fn outcomes_are_counted_in_metrics() {
+    metrics::reset_recorded();
+    let p =
+        policy(json!({"key": "consumer", "on_missing_key": "allow", "limit": 2, "window": "1m"}));
+    let store = MockStore::new();
+    let alice = || req(&store, 0).with_consumer("alice");
+    assert_eq!(count_allowed(&p, 5, alice), 2);
+    assert_eq!(count_allowed(&p, 4, || req(&store, 0)), 4);
+    let down = Faulty::new(Some(StoreError::Unavailable("down".into())), None);
+    let mut r = OnStore {
+        req: alice(),
+        store: &down,
+    };
+    assert!(p.on_request(&mut r).is_continue());
+    let counts = [
+        "rate_limit_allowed_total",
+        "rate_limit_limited_total",
+        "rate_limit_key_missing_total",
+        "rate_limit_store_errors_total",
+    ]
+    .map(metrics::recorded);
+    assert_eq!(counts, [2, 3, 4, 1]);
 }
