@@ -474,20 +474,45 @@ impl SharedStore for HostStore {
         value: &[u8],
     ) -> Result<(), StoreError> {
         // cas 0 is "unconditional" in proxy-wasm: see the trait's note on `None`.
-        match hostcalls::set_shared_data(key, Some(value), Some(expected.unwrap_or(0))) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
-            Err(s) => Err(unavailable(s)),
-        }
+        set_shared_data(key, value, expected.unwrap_or(0))
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        hostcalls::set_shared_data(key, Some(value), None).map_err(unavailable)
+        set_shared_data(key, value, 0)
     }
 }
 
 fn unavailable(status: Status) -> StoreError {
     StoreError::Unavailable(format!("{status:?}"))
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_len: usize,
+        value: *const u8,
+        value_len: usize,
+        cas: u32,
+    ) -> u32;
+}
+
+/// `proxy_set_shared_data` called directly: the proxy-wasm crate's wrapper panics (so
+/// the VM traps) on any status but `Ok` and `CasMismatch`, and a full or refusing store
+/// must be a [`StoreError`] the policy decides about, not a crash.
+fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+    // SAFETY: the pointers and lengths describe live slices for the whole call; the
+    // host only reads them.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        0 => Ok(()),
+        // proxy-wasm's `CasMismatch`.
+        8 => Err(StoreError::CasMismatch),
+        s => Err(StoreError::Unavailable(format!(
+            "the host refused the write (status {s})"
+        ))),
+    }
 }
 
 /// The request body of the current `on_request_body` call.

@@ -273,3 +273,54 @@ plugins = ["key-auth"]
         "{out}"
     );
 }
+
+#[test]
+fn rate_limit_counts_per_consumer_across_worker_threads() {
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "key-auth"
+wasm = "{plugin:key-auth}"
+config = { consumers = [{ name = "alice", keys = ["a-key"] }, { name = "bob", keys = ["b-key"] }] }
+[[plugins]]
+name = "limit"
+wasm = "{plugin:rate-limit}"
+config = { key = "consumer", limit = 5, window = "1h", tiers = { gold = { limit = 8, window = "1h" } }, consumer_tiers = { bob = "gold" } }
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["key-auth", "limit"]
+"#,
+    );
+    // A fresh connection per request: the gateway's two worker threads share counts.
+    let send = |key: &str| {
+        Req::get("/orders")
+            .header("x-api-key", key)
+            .send(w.addr)
+            .unwrap()
+    };
+    for i in 0..5 {
+        let r = send("a-key");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("ratelimit-limit"), Some("5"));
+        assert_eq!(
+            r.header("ratelimit-remaining"),
+            Some((4 - i).to_string().as_str())
+        );
+    }
+    let r = send("a-key");
+    assert_json_error(&r, 429, Some("rate_limited"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(up.hits(), 5);
+
+    // Bob has his own budget, from his tier.
+    for _ in 0..8 {
+        assert_eq!(send("b-key").status, 200);
+    }
+    assert_eq!(send("b-key").status, 429);
+    assert_eq!(up.hits(), 13);
+}
