@@ -203,10 +203,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(port: int, path: str = "/", timeout: float = 1.0) -> tuple[int, dict[str, str]]:
+def http_get(port: int, path: str = "/", timeout: float = 1.0,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         r = conn.getresponse()
         r.read()
         return r.status, {k.lower(): v for k, v in r.getheaders()}
@@ -214,7 +215,8 @@ def http_get(port: int, path: str = "/", timeout: float = 1.0) -> tuple[int, dic
         conn.close()
 
 
-def wait_ready(p: Proc, port: int, check: Callable[[dict[str, str]], str | None] | None = None) -> None:
+def wait_ready(p: Proc, port: int, check: Callable[[dict[str, str]], str | None] | None = None,
+               headers: dict[str, str] | None = None) -> None:
     """Polls GET / until 200 (bounded); fails at once if the process exits."""
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer"
@@ -225,9 +227,9 @@ def wait_ready(p: Proc, port: int, check: Callable[[dict[str, str]], str | None]
                 f"{p.log_tail()}"
             )
         try:
-            status, headers = http_get(port)
+            status, got = http_get(port, headers=headers)
             if status == 200:
-                problem = check(headers) if check else None
+                problem = check(got) if check else None
                 if problem is None:
                     return
                 raise Fatal(f"{p.name} answered 200 but {problem}")
@@ -480,6 +482,7 @@ class Server:
     proc: Proc
     argv: list[str]
     truncate: Path | None = None  # a log file emptied between measurements
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
 
 
 @dataclass
@@ -492,7 +495,8 @@ class Variant:
 
 
 def start_with_retry(ctx: Ctx, name: str, make: Callable[[int], tuple[list[str], int]],
-                     check=None, stop_signal=signal.SIGTERM) -> Server:
+                     check=None, stop_signal=signal.SIGTERM,
+                     headers: dict[str, str] | None = None) -> Server:
     """Starts a server on a fresh free port, retrying with another port if it loses a race."""
     last: Exception | None = None
     for attempt in range(3):
@@ -500,8 +504,8 @@ def start_with_retry(ctx: Ctx, name: str, make: Callable[[int], tuple[list[str],
         argv, _ = make(port)
         p = ctx.procs.start(name, argv, ctx.tmp / f"{name}.log", stop_signal=stop_signal)
         try:
-            wait_ready(p, port, check)
-            return Server(port, p, argv)
+            wait_ready(p, port, check, headers)
+            return Server(port, p, argv, headers=dict(headers or {}))
         except Fatal as e:
             last = e
             ctx.procs.stop(p)
@@ -627,8 +631,26 @@ config.request.headers = {{ set = {{ x-gateway = "weir" }} }}
 """
 
 
+# key-auth + rate-limit + transform, the chain of a typical authenticated API route.
+# The rate limit is far above what the machine can do, so it counts every request (the
+# shared-data compare-and-swap is the work measured) without ever answering 429.
+BENCH_KEY = "bench-key-0123456789"
+PLUGINS_3 = PLUGIN_TRANSFORM + f"""
+[[plugins]]
+name = "key-auth"
+wasm = "{REPO / 'plugins' / 'dist' / 'key-auth.wasm'}"
+config = {{ consumers = [{{ name = "bench", keys = ["{BENCH_KEY}"] }}] }}
+
+[[plugins]]
+name = "rate-limit"
+wasm = "{REPO / 'plugins' / 'dist' / 'rate-limit.wasm'}"
+config = {{ key = "consumer", limit = 100000000, window = "1h" }}
+"""
+
+
 def start_weir(ctx: Ctx, name: str = "weir", access_log_file: bool = False,
-               route_extra: str = "", extra: str = "") -> Server:
+               route_extra: str = "", extra: str = "",
+               headers: dict[str, str] | None = None) -> Server:
     """Weir with one route "/" to the echo upstream. `route_extra` is appended to the
     route table (e.g. a plugin list), `extra` to the file (e.g. plugin definitions)."""
     d = ctx.tmp / name
@@ -648,7 +670,7 @@ def start_weir(ctx: Ctx, name: str = "weir", access_log_file: bool = False,
         return ctx.pin.prefix(ctx.pin.proxy_cpu) + [
             str(ctx.bins["weir"]), "run", "--config", str(d / "weir.toml")], port
 
-    s = start_with_retry(ctx, name, make, stop_signal=signal.SIGTERM)
+    s = start_with_retry(ctx, name, make, stop_signal=signal.SIGTERM, headers=headers)
     s.truncate = access_log
     return s
 
@@ -656,16 +678,6 @@ def start_weir(ctx: Ctx, name: str = "weir", access_log_file: bool = False,
 # ======================================================================================
 # THE VARIANTS, in the order of the tables. References for ratios: "nginx" and
 # "pingora-baseline"; variants with plugin=True are also compared with "weir".
-#
-# TODO(issue 4, plugins): when the plugin host exists, add the two plugin variants HERE,
-# e.g.
-#   Variant("weir-1-plugin", "weir + 1 header plugin",
-#           partial(start_weir, name="weir-1-plugin", route_extra='plugins = [...]',
-#                   extra='[[plugins]] ...'), plugin=True),
-#   Variant("weir-3-plugins", "weir + key-auth + rate-limit + transform",
-#           partial(start_weir, name="weir-3-plugins", ...), plugin=True),
-# (key-auth needs the client to send the key: add a `headers` field to Variant and pass
-# it to wrk/weir-load with -H.) They are not faked until then.
 # ======================================================================================
 VARIANTS: list[Variant] = [
     Variant("direct", "direct (echo upstream, the ceiling)", start_direct),
@@ -680,7 +692,11 @@ VARIANTS: list[Variant] = [
     Variant("weir-1-plugin", "weir + 1 header plugin (transform)",
             partial(start_weir, name="weir-1-plugin", route_extra='plugins = ["transform"]',
                     extra=PLUGIN_TRANSFORM), plugin=True),
-    # <- "weir + key-auth + rate-limit + transform" goes here once those policies exist.
+    # The chain of an authenticated API route; every request carries the API key.
+    Variant("weir-3-plugins", "weir + key-auth + rate-limit + transform",
+            partial(start_weir, name="weir-3-plugins",
+                    route_extra='plugins = ["key-auth", "rate-limit", "transform"]',
+                    extra=PLUGINS_3, headers={"x-api-key": BENCH_KEY}), plugin=True),
 ]
 REFERENCES = ["nginx", "pingora-baseline"]
 
@@ -727,10 +743,13 @@ class Load:
     pin: Pinning
     connections: int
 
-    def wrk(self, port: int, secs: float) -> dict:
+    def wrk(self, server: Server, secs: float) -> dict:
         d = max(1, round(secs))
         argv = self.pin.prefix(self.pin.client_cpu) + [
-            "wrk", "-t1", f"-c{self.connections}", f"-d{d}s", "--latency", f"http://127.0.0.1:{port}/"]
+            "wrk", "-t1", f"-c{self.connections}", f"-d{d}s", "--latency"]
+        for k, v in server.headers.items():
+            argv += ["-H", f"{k}: {v}"]
+        argv.append(f"http://127.0.0.1:{server.port}/")
         r = run_bounded(argv, d + 60)
         if r.returncode != 0:
             raise Fatal(f"wrk failed (status {r.returncode}): {r.stderr.strip()[-500:]}")
@@ -741,13 +760,15 @@ class Load:
         res["failed"] = res["errors"] + res["non_2xx_3xx"]
         return res
 
-    def weir_load(self, port: int, secs: float, rate: float | None = None) -> dict:
+    def weir_load(self, server: Server, secs: float, rate: float | None = None) -> dict:
         argv = self.pin.prefix(self.pin.client_cpu) + [
             str(self.bins["weir-load"]), "-t1", "-c", str(self.connections),
             "-d", cli_duration(secs), "--json", "--quiet"]
         if rate:
             argv += ["-r", f"{rate:g}"]
-        argv.append(f"http://127.0.0.1:{port}/")
+        for k, v in server.headers.items():
+            argv += ["-H", f"{k}: {v}"]
+        argv.append(f"http://127.0.0.1:{server.port}/")
         r = run_bounded(argv, secs + 60)
         if r.returncode != 0 and not r.stdout.strip().startswith("{"):
             raise Fatal(f"weir-load failed (status {r.returncode}): {r.stderr.strip()[-500:]}")
@@ -824,7 +845,6 @@ def measured(server: Server, fn: Callable[[], dict], proxy_cpu: int | None = Non
 def run_variant_block(v: Variant, server: Server, load: Load, args, rates: list[float],
                       problems: list[str], failures: list[str], label: str) -> dict:
     out: dict = {}
-    url_port = server.port
 
     def note_failures(what: str, res: dict) -> None:
         if res.get("failed"):
@@ -838,18 +858,18 @@ def run_variant_block(v: Variant, server: Server, load: Load, args, rates: list[
             log(f"  !! {v.key} {what}: {res['failed']} failed requests")
 
     if args.warmup > 0:
-        w = load.weir_load(url_port, args.warmup)
+        w = load.weir_load(server, args.warmup)
         note_failures("warm-up", w)
     pc = load.pin.proxy_cpu if v.key != "direct" else None  # direct: nothing on that CPU
-    wrk = measured(server, lambda: load.wrk(url_port, args.duration), pc)
+    wrk = measured(server, lambda: load.wrk(server, args.duration), pc)
     note_failures("wrk", wrk)
     out["wrk"] = wrk
-    wl = measured(server, lambda: load.weir_load(url_port, args.duration), pc)
+    wl = measured(server, lambda: load.weir_load(server, args.duration), pc)
     note_failures("weir-load", wl)
     out["weir_load"] = wl
     out["rates"] = {}
     for rate in rates:
-        ol = measured(server, lambda: load.weir_load(url_port, args.duration, rate), pc)
+        ol = measured(server, lambda: load.weir_load(server, args.duration, rate), pc)
         ol["rate_ok"] = abs(ol["throughput_rps"] - rate) <= RATE_TOLERANCE * rate
         note_failures(f"rate {rate:g}", ol)
         out["rates"][f"{rate:g}"] = ol
@@ -1321,7 +1341,8 @@ def main(argv: list[str]) -> int:
                     msg = f"{label}: {v.key}: {e}"
                     if p.alive() and p is not upstream:
                         try:
-                            ok = http_get(servers[v.key].port)[0] == 200
+                            s = servers[v.key]
+                            ok = http_get(s.port, headers=s.headers)[0] == 200
                         except (OSError, http.client.HTTPException):
                             ok = False
                         if not ok:

@@ -324,3 +324,39 @@ plugins = ["key-auth", "limit"]
     assert_eq!(send("b-key").status, 429);
     assert_eq!(up.hits(), 13);
 }
+
+#[test]
+fn a_local_answer_on_keep_alive_does_not_let_the_body_become_a_request() {
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "key-auth"
+wasm = "{plugin:key-auth}"
+config = { consumers = [{ name = "alice", keys = ["a-key"] }] }
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["key-auth"]
+"#,
+    );
+    // The refused request's body is itself a request, with a valid key.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: test.local\r\nx-api-key: a-key\r\n\r\n";
+    let mut c = Conn::open(w.addr).unwrap();
+    let r = c
+        .send(&Req::new("POST", "/refused").body(smuggled.as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 401);
+    // Whatever the connection does next (drained and reused, or closed), the body
+    // never reaches the upstream as a request of its own.
+    if let Ok(r) = c.send(&Req::get("/next").header("x-api-key", "a-key")) {
+        assert_eq!(r.status, 200);
+        assert_eq!(up.last().unwrap().path, "/next");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        up.seen.lock().unwrap().iter().all(|s| s.path != "/smuggled"),
+        "the refused body was forwarded as a request"
+    );
+}
