@@ -131,7 +131,7 @@ impl Key {
 }
 
 /// One entry of `keys`: `{ kid, alg, pem }` or `{ kid, alg = "HS256", secret }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The id tokens name in their `kid` header; optional.
@@ -146,6 +146,18 @@ pub struct KeyConfig {
     /// The shared secret (HS256), at least 32 bytes, used as its UTF-8 bytes.
     #[serde(default)]
     pub secret: Option<String>,
+}
+
+// Hand-written so the secret never reaches a log.
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("pem", &self.pem)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl KeyConfig {

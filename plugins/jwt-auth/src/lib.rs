@@ -47,7 +47,9 @@
 //! only (and refused if the key's algorithm is not the token's). Otherwise it is tried
 //! with the keys of its algorithm that have no `kid` (any key of its algorithm when the
 //! token has no `kid`), at most 2 (a key rotation), in config order: give keys a `kid`
-//! when there are more.
+//! when there are more. In the VM one RS256 check takes about 1 ms of CPU and one ES256
+//! check 1-2 ms (HS256: microseconds), against a plugin callback's `cpu_limit` (default
+//! 5 ms).
 //!
 //! **The token** is read from `Authorization: Bearer <token>` (scheme case-insensitive;
 //! `authorization = false` turns this source off), and from each configured extra

@@ -1000,6 +1000,12 @@ fn debug_output_hides_secrets() {
         "{debug}"
     );
     assert!(!debug.contains(SECRET));
+    let config: Config = serde_json::from_value(config(json!({}))).unwrap();
+    let debug = format!("{config:?}");
+    assert!(
+        debug.contains("<redacted>") && !debug.contains(SECRET),
+        "{debug}"
+    );
 }
 
 // ---- config errors ------------------------------------------------------------------
