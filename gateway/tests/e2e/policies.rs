@@ -360,3 +360,90 @@ plugins = ["key-auth"]
         "the refused body was forwarded as a request"
     );
 }
+
+/// An HS256 token for `claims`, signed with `secret` (openssl's HMAC, no JWT library).
+fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    fn b64url(bytes: &[u8]) -> String {
+        openssl::base64::encode_block(bytes)
+            .replace('+', "-")
+            .replace('/', "_")
+            .trim_end_matches('=')
+            .to_string()
+    }
+    let head = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64url(claims.to_string().as_bytes());
+    let key = openssl::pkey::PKey::hmac(secret).unwrap();
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+    signer.update(format!("{head}.{body}").as_bytes()).unwrap();
+    let sig = signer.sign_to_vec().unwrap();
+    format!("{head}.{body}.{}", b64url(&sig))
+}
+
+#[test]
+fn jwt_auth_checks_signature_and_claims_and_forwards_them() {
+    let up = Upstream::start("app");
+    let secret = "an-hs256-secret-of-at-least-32-bytes!";
+    let w = gateway_with(
+        up.addr,
+        &format!(
+            r#"
+[[plugins]]
+name = "jwt"
+wasm = "{{plugin:jwt-auth}}"
+config = {{ keys = [{{ kid = "k1", alg = "HS256", secret = "{secret}" }}], iss = "https://id.example.com/", aud = "orders", forward_claims = {{ email = "x-user-email" }} }}
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["jwt"]
+"#
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "user-42", "email": "ada@example.com", "iss": "https://id.example.com/",
+        "aud": ["orders", "billing"], "exp": now + 300,
+    });
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    let r = Req::get("/orders")
+        .header("authorization", &bearer(&hs256(secret.as_bytes(), &claims)))
+        .header("x-user-email", "spoofed@evil.test")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer"), Some("user-42"));
+    assert_eq!(seen.header("x-user-email"), Some("ada@example.com"));
+
+    let mut expired = claims.clone();
+    expired["exp"] = serde_json::json!(now - 3600);
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = serde_json::json!("other");
+    let forged = hs256(b"not-the-secret-not-the-secret-!!", &claims);
+    for (what, token) in [
+        ("expired", hs256(secret.as_bytes(), &expired)),
+        ("wrong audience", hs256(secret.as_bytes(), &wrong_aud)),
+        ("forged", forged),
+        ("garbage", "a.b.c".to_string()),
+    ] {
+        let r = Req::get("/orders")
+            .header("authorization", &bearer(&token))
+            .send(w.addr)
+            .unwrap();
+        assert_json_error(&r, 401, Some("unauthorized"));
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains("invalid_token"), "{what}: {challenge}");
+    }
+    let r = Req::get("/orders").send(w.addr).unwrap();
+    assert_json_error(&r, 401, Some("unauthorized"));
+    assert_eq!(up.hits(), 1);
+
+    // The admin API shows the plugin config without the secret.
+    let config = get(w.admin, "/config").unwrap().text();
+    assert!(config.contains("\"jwt\""), "{config}");
+    assert!(!config.contains(secret), "the secret leaked: {config}");
+}
