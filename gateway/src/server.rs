@@ -210,10 +210,19 @@ impl Control {
     }
 }
 
+/// How often plugin timers are looked at: tick periods are rounded up to it, and a
+/// queue's owner hears of new items within it.
+const PLUGIN_TIMER: Duration = Duration::from_millis(20);
+
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+        // Plugin timers (`on_tick`, `on_queue_ready`): their resolution.
+        let mut plugin_tick = tokio::time::interval(PLUGIN_TIMER);
+        plugin_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Expired plugin counters are dropped.
+        let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
         let watch = self.gateway.snapshot().config.server.watch_config;
         let mut watch_tick =
             tokio::time::interval(self.gateway.snapshot().config.server.watch_interval.get());
@@ -243,6 +252,19 @@ impl BackgroundService for Control {
                         })
                         .await;
                     }
+                }
+                _ = plugin_tick.tick() => {
+                    let snap = self.gateway.snapshot();
+                    if !snap.plugins.is_empty() {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let now = std::time::Instant::now();
+                            snap.plugins.iter().for_each(|p| p.timers(now));
+                        })
+                        .await;
+                    }
+                }
+                _ = sweep_tick.tick() => {
+                    self.gateway.plugins.shared.counters.sweep(std::time::Instant::now());
                 }
                 _ = watch_tick.tick(), if watch => {
                     let gw = self.gateway.clone();

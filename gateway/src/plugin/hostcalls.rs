@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use wasmtime::{Caller, Extern, Linker, Memory, Module, Val, ValType};
 
 use super::abi::{self, Status};
+use super::shared;
 use super::state::{HostState, LocalResponse, Phase};
 use crate::headers::EditableHead;
 
@@ -375,6 +376,34 @@ fn log(st: &HostState, level: i32, msg: &str) {
         abi::LOG_INFO => tracing::info!(plugin, "{msg}"),
         abi::LOG_WARN => tracing::warn!(plugin, "{msg}"),
         _ => tracing::error!(plugin, "{msg}"),
+    }
+}
+
+/// Weir's foreign functions (`proxy_call_foreign_function`); an unknown name is
+/// `NotFound`.
+///
+/// `weir.counter_add`: arguments `delta: i64 LE`, `ttl_ms: u64 LE` (0: no expiry), then
+/// the key; the counter (in the plugin's own key space, apart from shared data) gets
+/// `delta` added atomically, and a counter that is new or expired starts from 0 and
+/// lives `ttl_ms`. Returns the new value as `i64 LE`.
+fn foreign(st: &HostState, name: &[u8], args: &[u8]) -> Result<Vec<u8>, Status> {
+    match name {
+        b"weir.counter_add" => {
+            if args.len() < 16 || args.len() > 16 + 1024 {
+                return Err(Status::BadArgument);
+            }
+            let (delta, rest) = args.split_at(8);
+            let (ttl, key) = rest.split_at(8);
+            let delta = i64::from_le_bytes(delta.try_into().map_err(|_| Status::BadArgument)?);
+            let ttl = u64::from_le_bytes(ttl.try_into().map_err(|_| Status::BadArgument)?);
+            let ttl = (ttl > 0).then(|| std::time::Duration::from_millis(ttl));
+            let value =
+                st.shared
+                    .counters
+                    .add(&st.plugin, key, delta, ttl, std::time::Instant::now())?;
+            Ok(value.to_le_bytes().to_vec())
+        }
+        _ => Err(Status::NotFound),
     }
 }
 
@@ -786,6 +815,91 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             let ns = c.data().plugin.clone();
             c.data().shared.set(&ns, &key, &value, cas as u32) as i32
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, period: i32| -> i32 {
+            let ms = period as u32;
+            c.data_mut().tick_period =
+                (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)));
+            Status::Ok as i32
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, nptr: i32, nlen: i32, ret: i32| -> i32 {
+            let name = match read(&mut c, nptr, nlen) {
+                Ok(n) => n,
+                Err(s) => return s as i32,
+            };
+            let owner = c.data().plugin.clone();
+            let id = match c.data().shared.queues.register(&owner, &name) {
+                Ok(id) => id,
+                Err(s) => return s as i32,
+            };
+            status(write_u32(&mut c, ret, id).map(|_| Status::Ok))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: C<'_>, vptr: i32, vlen: i32, nptr: i32, nlen: i32, ret: i32| -> i32 {
+            let (vm_id, name) = match (read(&mut c, vptr, vlen), read(&mut c, nptr, nlen)) {
+                (Ok(v), Ok(n)) => (v, n),
+                (Err(s), _) | (_, Err(s)) => return s as i32,
+            };
+            match c.data().shared.queues.resolve(&vm_id, &name) {
+                Some(id) => status(write_u32(&mut c, ret, id).map(|_| Status::Ok)),
+                None => Status::NotFound as i32,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: C<'_>, id: i32, dptr: i32, dlen: i32| -> i32 {
+            if dlen as u32 as usize > shared::MAX_QUEUE_ITEM_BYTES {
+                return Status::BadArgument as i32;
+            }
+            match read(&mut c, dptr, dlen) {
+                Ok(data) => c.data().shared.queues.enqueue(id as u32, data) as i32,
+                Err(s) => s as i32,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: C<'_>, id: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            match c.data().shared.queues.dequeue(id as u32) {
+                Ok(Some(item)) => Ok(give(&mut c, &item, ret_ptr, ret_len)? as i32),
+                Ok(None) => Ok(Status::Empty as i32),
+                Err(s) => Ok(s as i32),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |mut c: C<'_>,
+         nptr: i32,
+         nlen: i32,
+         aptr: i32,
+         alen: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> wasmtime::Result<i32> {
+            let (name, args) = match (read(&mut c, nptr, nlen), read(&mut c, aptr, alen)) {
+                (Ok(n), Ok(a)) => (n, a),
+                (Err(s), _) | (_, Err(s)) => return Ok(s as i32),
+            };
+            match foreign(c.data(), &name, &args) {
+                Ok(out) => Ok(give(&mut c, &out, ret_ptr, ret_len)? as i32),
+                Err(s) => Ok(s as i32),
+            }
         },
     )?;
     linker.func_wrap(

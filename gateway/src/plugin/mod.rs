@@ -323,6 +323,7 @@ impl Plugin {
             stdout: Vec::new(),
             stderr: Vec::new(),
             startup_error: None,
+            tick_period: None,
         };
         Vm::start(&self.engine, &self.pre, state, self.cpu_limit)
     }
@@ -497,6 +498,32 @@ impl Plugin {
             .count_call(shared::PHASE_LOG, started.elapsed().as_micros() as u64);
         if let Err(f) = r {
             self.fail(&mut slot, &f, "log");
+        }
+    }
+
+    /// The plugin's timers, from the background loop (never a request): `on_tick` on
+    /// each VM whose tick period has passed (every worker's VM, as in Envoy), and
+    /// `on_queue_ready` for queues this plugin owns that received items, on the first
+    /// live VM. A failure replaces that VM like any other.
+    pub fn timers(&self, now: Instant) {
+        let ready = self.shared.queues.take_ready(&self.name);
+        let mut ready = ready.as_slice();
+        for slot in self.slots.iter() {
+            let mut s = slot.lock();
+            let Some(vm) = s.vm.as_mut() else { continue };
+            let started = Instant::now();
+            let mut r = vm.tick_if_due(now);
+            while let (Ok(_), Some((&queue, rest))) = (&r, ready.split_first()) {
+                r = vm.queue_ready(queue).map(|()| true);
+                ready = rest;
+            }
+            if !matches!(r, Ok(false)) {
+                self.stats
+                    .count_call(shared::PHASE_TIMERS, started.elapsed().as_micros() as u64);
+            }
+            if let Err(f) = r {
+                self.fail(&mut s, &f, "timer");
+            }
         }
     }
 

@@ -11,10 +11,13 @@ use parking_lot::{Mutex, RwLock};
 use super::abi::Status;
 
 /// `proxy_get_shared_data` / `proxy_set_shared_data`: one key space per plugin name
-/// (the plugin's "vm id"), shared by all its VMs; every write bumps the key's CAS.
+/// (the plugin's "vm id"), shared by all its VMs; every write bumps the key's CAS. Also
+/// holds the other state plugins share across VMs: queues and counters.
 #[derive(Default)]
 pub struct SharedData {
     map: RwLock<HashMap<SharedKey, (Vec<u8>, u32)>>,
+    pub queues: SharedQueues,
+    pub counters: Counters,
 }
 
 /// (plugin name, key).
@@ -75,12 +78,20 @@ pub struct PluginMetrics {
 }
 
 /// Phases counted per plugin.
-pub const PHASES: [&str; 4] = ["request_headers", "request_body", "response_headers", "log"];
+pub const PHASES: [&str; 5] = [
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "log",
+    "timers",
+];
 /// Indexes into [`PHASES`].
 pub const PHASE_REQUEST_HEADERS: usize = 0;
 pub const PHASE_REQUEST_BODY: usize = 1;
 pub const PHASE_RESPONSE_HEADERS: usize = 2;
 pub const PHASE_LOG: usize = 3;
+/// `on_tick` and `on_queue_ready`.
+pub const PHASE_TIMERS: usize = 4;
 /// Failure kinds counted per plugin.
 pub const ERROR_KINDS: [&str; 4] = ["trap", "timeout", "memory", "instantiate"];
 
@@ -200,5 +211,228 @@ impl PluginMetrics {
                 );
             }
         }
+    }
+}
+
+/// Shared queues (`proxy_register_shared_queue` and friends): registered by name in the
+/// registering plugin's namespace, found by any plugin with `proxy_resolve_shared_queue`
+/// (plugin name + queue name), fed by any, and drained by the owner, whose
+/// `proxy_on_queue_ready` the plugin timer calls after items arrive.
+#[derive(Default)]
+pub struct SharedQueues {
+    inner: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_name: HashMap<SharedKey, u32>,
+    /// Queue `id` is at index `id - 1`.
+    queues: Vec<Queue>,
+}
+
+struct Queue {
+    owner: Arc<str>,
+    items: std::collections::VecDeque<Vec<u8>>,
+    /// Items arrived since the owner was last told.
+    notify: bool,
+    /// Items dropped because the queue was full.
+    dropped: u64,
+}
+
+/// Bounds, so plugins cannot grow host memory without limit.
+const MAX_QUEUES: usize = 1_000;
+const MAX_QUEUE_ITEMS: usize = 10_000;
+pub const MAX_QUEUE_ITEM_BYTES: usize = 1024 * 1024;
+
+impl SharedQueues {
+    /// The id of `owner`'s queue `name`, created on first registration.
+    pub fn register(&self, owner: &Arc<str>, name: &[u8]) -> Result<u32, Status> {
+        let mut q = self.inner.lock();
+        if let Some(&id) = q.by_name.get(&(owner.clone(), name.to_vec())) {
+            return Ok(id);
+        }
+        if q.queues.len() >= MAX_QUEUES {
+            return Err(Status::InternalFailure);
+        }
+        q.queues.push(Queue {
+            owner: owner.clone(),
+            items: Default::default(),
+            notify: false,
+            dropped: 0,
+        });
+        let id = q.queues.len() as u32;
+        q.by_name.insert((owner.clone(), name.to_vec()), id);
+        Ok(id)
+    }
+
+    /// The id of the queue `name` registered by plugin `owner`.
+    pub fn resolve(&self, owner: &[u8], name: &[u8]) -> Option<u32> {
+        let owner: Arc<str> = String::from_utf8_lossy(owner).into();
+        self.inner
+            .lock()
+            .by_name
+            .get(&(owner, name.to_vec()))
+            .copied()
+    }
+
+    /// Appends an item; a full queue drops its oldest item (counted in the log).
+    pub fn enqueue(&self, id: u32, item: Vec<u8>) -> Status {
+        let mut q = self.inner.lock();
+        let Some(queue) = q.queues.get_mut((id as usize).wrapping_sub(1)) else {
+            return Status::NotFound;
+        };
+        if queue.items.len() >= MAX_QUEUE_ITEMS {
+            queue.items.pop_front();
+            tracing::warn!(
+                plugin = &*queue.owner,
+                queue = id,
+                "shared queue full: oldest item dropped"
+            );
+        }
+        queue.items.push_back(item);
+        queue.notify = true;
+        Status::Ok
+    }
+
+    /// The oldest item: `Ok(None)` when the queue is empty, `NotFound` for an unknown id.
+    pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, Status> {
+        let mut q = self.inner.lock();
+        let queue = q
+            .queues
+            .get_mut((id as usize).wrapping_sub(1))
+            .ok_or(Status::NotFound)?;
+        Ok(queue.items.pop_front())
+    }
+
+    /// Queues of `owner` that received items since the last call (the owner is told
+    /// once per arrival burst, as Envoy posts one `on_queue_ready` per enqueue batch).
+    pub fn take_ready(&self, owner: &str) -> Vec<u32> {
+        let mut q = self.inner.lock();
+        let mut ready = Vec::new();
+        for (i, queue) in q.queues.iter_mut().enumerate() {
+            if queue.notify && &*queue.owner == owner {
+                queue.notify = false;
+                ready.push(i as u32 + 1);
+            }
+        }
+        ready
+    }
+}
+
+/// (plugin name, key) → (value, expiry).
+type CounterMap = HashMap<SharedKey, (i64, Option<std::time::Instant>)>;
+
+/// Counters behind the `weir.counter_add` foreign function: atomic adds (no
+/// compare-and-swap loop in the plugin) with an optional time to live, so fixed-window
+/// counters expire by themselves. One key space per plugin name.
+#[derive(Default)]
+pub struct Counters {
+    map: Mutex<CounterMap>,
+}
+
+impl Counters {
+    /// Adds `delta` to the counter (absent or expired counts as 0; a new counter lives
+    /// `ttl` from now, `None` for ever) and returns the new value (saturating).
+    pub fn add(
+        &self,
+        ns: &Arc<str>,
+        key: &[u8],
+        delta: i64,
+        ttl: Option<std::time::Duration>,
+        now: std::time::Instant,
+    ) -> Result<i64, Status> {
+        let mut map = self.map.lock();
+        let k: SharedKey = (ns.clone(), key.to_vec());
+        let live = map
+            .get(&k)
+            .is_some_and(|(_, exp)| exp.is_none_or(|e| now < e));
+        if !live && map.len() >= MAX_SHARED_KEYS {
+            Self::sweep_locked(&mut map, now);
+            if map.len() >= MAX_SHARED_KEYS {
+                return Err(Status::InternalFailure);
+            }
+        }
+        let entry = map.entry(k).or_insert((0, None));
+        if !live {
+            *entry = (0, ttl.map(|t| now + t));
+        }
+        entry.0 = entry.0.saturating_add(delta);
+        Ok(entry.0)
+    }
+
+    /// Drops expired counters.
+    pub fn sweep(&self, now: std::time::Instant) {
+        Self::sweep_locked(&mut self.map.lock(), now);
+    }
+
+    fn sweep_locked(map: &mut CounterMap, now: std::time::Instant) {
+        map.retain(|_, (_, exp)| exp.is_none_or(|e| now < e));
+    }
+}
+
+#[cfg(test)]
+mod queue_and_counter_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn queues_register_resolve_and_drain_in_order() {
+        let q = SharedQueues::default();
+        let a: Arc<str> = "a".into();
+        let id = q.register(&a, b"jobs").unwrap();
+        assert_eq!(q.register(&a, b"jobs").unwrap(), id, "registering again");
+        assert_ne!(q.register(&"b".into(), b"jobs").unwrap(), id, "per owner");
+        assert_eq!(q.resolve(b"a", b"jobs"), Some(id));
+        assert_eq!(q.resolve(b"a", b"other"), None);
+        assert_eq!(q.enqueue(99, b"x".to_vec()), Status::NotFound);
+        assert_eq!(q.dequeue(0), Err(Status::NotFound));
+        assert!(q.take_ready("a").is_empty());
+        q.enqueue(id, b"1".to_vec());
+        q.enqueue(id, b"2".to_vec());
+        assert_eq!(q.take_ready("a"), vec![id]);
+        assert!(q.take_ready("a").is_empty(), "told once per burst");
+        assert!(q.take_ready("b").is_empty());
+        assert_eq!(q.dequeue(id), Ok(Some(b"1".to_vec())));
+        assert_eq!(q.dequeue(id), Ok(Some(b"2".to_vec())));
+        assert_eq!(q.dequeue(id), Ok(None));
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_item() {
+        let q = SharedQueues::default();
+        let id = q.register(&"a".into(), b"q").unwrap();
+        for i in 0..=MAX_QUEUE_ITEMS {
+            assert_eq!(q.enqueue(id, i.to_string().into_bytes()), Status::Ok);
+        }
+        assert_eq!(q.dequeue(id), Ok(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn counters_add_atomically_and_expire() {
+        let c = Counters::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let t0 = Instant::now();
+        let ttl = Some(Duration::from_secs(10));
+        assert_eq!(c.add(&a, b"k", 2, ttl, t0), Ok(2));
+        assert_eq!(c.add(&a, b"k", 3, ttl, t0 + Duration::from_secs(9)), Ok(5));
+        assert_eq!(c.add(&b, b"k", 1, None, t0), Ok(1), "per plugin");
+        // Expired: starts again from 0, with a new lifetime.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(c.add(&a, b"k", 1, ttl, t1), Ok(1));
+        assert_eq!(
+            c.add(&a, b"k", i64::MAX, ttl, t1),
+            Ok(i64::MAX),
+            "saturates"
+        );
+        c.sweep(t1 + Duration::from_secs(11));
+        assert_eq!(
+            c.add(&a, b"k", 0, None, t1 + Duration::from_secs(11)),
+            Ok(0)
+        );
+        assert_eq!(
+            c.add(&b, b"k", 0, None, t1 + Duration::from_secs(11)),
+            Ok(1),
+            "no ttl"
+        );
     }
 }

@@ -112,6 +112,8 @@ pub struct HostState {
     pub stderr: Vec<u8>,
     /// The last error the plugin logged while starting (why `on_configure` refused).
     pub startup_error: Option<String>,
+    /// `proxy_set_tick_period_milliseconds`: how often the plugin timer calls `on_tick`.
+    pub tick_period: Option<std::time::Duration>,
 }
 
 impl HostState {

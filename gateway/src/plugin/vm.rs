@@ -1,7 +1,7 @@
 //! One plugin VM: a wasmtime store and instance, with the guest's exports resolved once,
 //! and scoped calls under a CPU deadline and a memory limit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, InstancePre, Store, Trap, TypedFunc};
 
@@ -67,12 +67,16 @@ struct Exports {
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 pub struct Vm {
     store: Store<HostState>,
     exports: Exports,
     next_context: i32,
+    /// When `on_tick` is due next (with a tick period set).
+    next_tick: Option<Instant>,
     /// Epoch ticks a callback may run (the ticker advances one per millisecond).
     ticks: u64,
 }
@@ -137,6 +141,8 @@ impl Vm {
             log: opt!("proxy_on_log"),
             done: opt!("proxy_on_done"),
             delete: opt!("proxy_on_delete"),
+            tick: opt!("proxy_on_tick"),
+            queue_ready: opt!("proxy_on_queue_ready"),
         };
         let vm_start: Option<TypedFunc<(i32, i32), i32>> = opt!("proxy_on_vm_start");
         let configure: Option<TypedFunc<(i32, i32), i32>> = opt!("proxy_on_configure");
@@ -180,6 +186,7 @@ impl Vm {
             store,
             exports,
             next_context: ROOT_CONTEXT_ID + 1,
+            next_tick: None,
             ticks: ticks(cpu_limit),
         })
     }
@@ -297,6 +304,41 @@ impl Vm {
             Ok(())
         })?;
         Ok(self.store.data_mut().local_response.take())
+    }
+
+    /// The root context's timer: `on_tick` when the plugin's tick period has passed.
+    /// Returns whether it ran.
+    pub fn tick_if_due(&mut self, now: Instant) -> Result<bool, Failure> {
+        let Some(period) = self.store.data().tick_period else {
+            self.next_tick = None;
+            return Ok(false);
+        };
+        let due = *self.next_tick.get_or_insert(now + period);
+        if now < due {
+            return Ok(false);
+        }
+        self.next_tick = Some(now + period);
+        let root = Scope {
+            phase: Some(Phase::Root),
+            ..Scope::default()
+        };
+        self.scoped(root, |store, ex| match &ex.tick {
+            Some(f) => f.call(&mut *store, ROOT_CONTEXT_ID),
+            None => Ok(()),
+        })?;
+        Ok(true)
+    }
+
+    /// `proxy_on_queue_ready` on the root context.
+    pub fn queue_ready(&mut self, queue: u32) -> Result<(), Failure> {
+        let root = Scope {
+            phase: Some(Phase::Root),
+            ..Scope::default()
+        };
+        self.scoped(root, |store, ex| match &ex.queue_ready {
+            Some(f) => f.call(&mut *store, (ROOT_CONTEXT_ID, queue as i32)),
+            None => Ok(()),
+        })
     }
 
     /// `on_log`, `on_done`, `on_delete`: the end of a context.

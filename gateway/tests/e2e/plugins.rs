@@ -600,3 +600,46 @@ plugins = ["http-call"]
     }
     assert_eq!(app.hits(), before);
 }
+
+#[test]
+fn ticks_queues_and_foreign_functions_work_for_a_standard_filter() {
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "timers"
+wasm = "{plugin:test/timers}"
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["timers"]
+"#,
+    );
+    for (i, path) in ["/a", "/b", "/a"].iter().enumerate() {
+        let r = Req::get(path).send(w.addr).unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    // The foreign counter counts per path, atomically, across worker threads.
+    assert_eq!(up.last().unwrap().header("x-hits"), Some("2"));
+    // Items reach the queue's owner, and the 50 ms tick runs, without any request.
+    let mut stats = String::new();
+    let done = wait_until(Duration::from_secs(5), || {
+        stats = Req::get("/stats").send(w.addr).unwrap().text();
+        let ticks: u64 = stats
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("ticks="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        stats.contains("delivered=3 last=/a counter=3") && ticks >= 4
+    });
+    assert!(done, "{stats}");
+    // An unknown foreign function is NotFound, not a crash.
+    let r = Req::get("/unknown-function").send(w.addr).unwrap();
+    assert_eq!(r.text(), "Err(NotFound)");
+    let metrics = w.metrics();
+    assert!(
+        metrics.contains("weir_plugin_calls_total{plugin=\"timers\",phase=\"timers\"}"),
+        "{metrics}"
+    );
+}

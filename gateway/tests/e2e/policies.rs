@@ -214,7 +214,9 @@ plugins = ["key-auth"]
     assert_eq!(seen.header("x-api-key"), None);
 
     // A hashed key, sent in the query: the parameter is removed, the rest kept.
-    let r = Req::get("/orders?a=1&api_key=test&b=2").send(w.addr).unwrap();
+    let r = Req::get("/orders?a=1&api_key=test&b=2")
+        .send(w.addr)
+        .unwrap();
     assert_eq!(r.status, 200);
     let seen = up.last().unwrap();
     assert_eq!(seen.path, "/orders?a=1&b=2");
@@ -356,7 +358,11 @@ plugins = ["key-auth"]
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
-        up.seen.lock().unwrap().iter().all(|s| s.path != "/smuggled"),
+        up.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.path != "/smuggled"),
         "the refused body was forwarded as a request"
     );
 }
