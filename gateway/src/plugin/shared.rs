@@ -283,11 +283,16 @@ impl SharedQueues {
         };
         if queue.items.len() >= MAX_QUEUE_ITEMS {
             queue.items.pop_front();
-            tracing::warn!(
-                plugin = &*queue.owner,
-                queue = id,
-                "shared queue full: oldest item dropped"
-            );
+            queue.dropped += 1;
+            // Logged at 1, 2, 4, 8... drops: visible, never a flood.
+            if queue.dropped.is_power_of_two() {
+                tracing::warn!(
+                    plugin = &*queue.owner,
+                    queue = id,
+                    dropped = queue.dropped,
+                    "shared queue full: oldest items dropped"
+                );
+            }
         }
         queue.items.push_back(item);
         queue.notify = true;
