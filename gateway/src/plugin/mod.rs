@@ -122,8 +122,11 @@ impl PluginHost {
         let module = match cached {
             Some(m) => m,
             None => {
-                let m =
-                    Module::new(engine, bytes).map_err(|e| format!("does not compile: {e:#}"))?;
+                let m = Module::new(engine, bytes).map_err(|e| format!("does not compile: {e:#}"));
+                let Ok(m) = m else {
+                    release_free_memory();
+                    return m;
+                };
                 if let (Some(f), Ok(ser)) = (&cache_file, m.serialize()) {
                     let write = || -> std::io::Result<()> {
                         if let Some(dir) = f.parent() {
@@ -137,6 +140,10 @@ impl PluginHost {
                         tracing::debug!(error = %e, "module cache not written");
                     }
                 }
+                // Cranelift's working memory and the serialized copy (tens of MiB for
+                // a large module) are free now; jemalloc would keep the pages resident
+                // until its decay.
+                release_free_memory();
                 m
             }
         };
@@ -217,6 +224,22 @@ impl PluginHost {
             slots: slots.into_boxed_slice(),
             ..plugin
         }))
+    }
+}
+
+/// Returns every jemalloc arena's free pages to the system
+/// (`arena.<MALLCTL_ARENAS_ALL>.purge`). Harmless when jemalloc is not the global
+/// allocator (tests, benches): it purges a heap nothing uses.
+fn release_free_memory() {
+    // SAFETY: a void mallctl: a NUL-terminated name, no old or new value.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
     }
 }
 
