@@ -506,32 +506,7 @@ impl ProxyHttp for WeirProxy {
         ctx.inflight = Some(up.start_request(i));
         ctx.upstream_start = Some(Instant::now());
 
-        let target = &up.targets[i];
-        let cfg = &up.config;
-        let (tls, sni) = match &cfg.tls {
-            Some(t) => (
-                true,
-                t.sni.clone().unwrap_or_else(|| {
-                    target
-                        .label
-                        .rsplit_once(':')
-                        .map(|(h, _)| h.to_string())
-                        .unwrap_or_default()
-                }),
-            ),
-            None => (false, String::new()),
-        };
-        let mut peer = HttpPeer::new(target.addr, tls, sni);
-        let t = &cfg.timeouts;
-        peer.options.connection_timeout = Some(t.connect.get());
-        peer.options.read_timeout = Some(t.read.get());
-        peer.options.write_timeout = Some(t.write.get());
-        peer.options.idle_timeout = Some(t.idle.get());
-        if let Some(tlscfg) = &cfg.tls {
-            peer.options.verify_cert = tlscfg.verify;
-            peer.options.verify_hostname = tlscfg.verify;
-        }
-        Ok(Box::new(peer))
+        Ok(Box::new(up.peer(i)))
     }
 
     /// Rewrites the path, sets forwarding headers, applies the route's header edits.

@@ -207,6 +207,34 @@ impl Upstream {
 
     /// Picks a healthy target not in `tried` (a bit set of target indexes; pools beyond
     /// 64 targets reuse bits, which only makes a retry possibly hit a tried target).
+    /// The pingora peer for target `i`: address, TLS with SNI (the configured name, or
+    /// the target's host) and verification, timeouts.
+    pub fn peer(&self, i: usize) -> pingora::upstreams::peer::HttpPeer {
+        let target = &self.targets[i];
+        let cfg = &self.config;
+        let sni = match &cfg.tls {
+            Some(t) => t.sni.clone().unwrap_or_else(|| {
+                target
+                    .label
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_default()
+            }),
+            None => String::new(),
+        };
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(target.addr, cfg.tls.is_some(), sni);
+        let t = &cfg.timeouts;
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout = Some(t.idle.get());
+        if let Some(tls) = &cfg.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+        }
+        peer
+    }
+
     pub fn select(&self, hash_key: &[u8], tried: u64) -> Result<usize, NoTarget> {
         let n = self.targets.len();
         let usable = |i: usize| self.usable(i, tried);

@@ -1,9 +1,11 @@
 //! HTTP calls plugins dispatch (`proxy_http_call`), made by the gateway to a target of a
-//! configured upstream: plain HTTP/1.1, one connection per call, bounded in time and size.
+//! configured upstream: HTTP/1.1, over TLS when the upstream says so (its SNI and
+//! verification settings), one connection per call, bounded in time and size.
 
-use std::net::SocketAddr;
+use std::sync::OnceLock;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pingora::connectors::TransportConnector;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::state::{CallResponse, PendingCall};
 use crate::snapshot::Snapshot;
@@ -17,15 +19,21 @@ pub async fn perform(snap: &Snapshot, call: &PendingCall) -> CallResponse {
     let Some(up) = snap.upstreams.iter().find(|u| *u.name == *call.upstream) else {
         return CallResponse::default();
     };
-    if up.config.tls.is_some() {
-        tracing::warn!(upstream = %up.name, "plugin HTTP calls to TLS upstreams are not supported yet");
-        return CallResponse::default();
-    }
     let Ok(i) = up.select(call.path.as_bytes(), 0) else {
         return CallResponse::default();
     };
-    let addr = up.targets[i].addr;
-    match tokio::time::timeout(call.timeout, exchange(addr, call)).await {
+    let peer = up.peer(i);
+    let made = async {
+        // One connector for the process: it holds the TLS client context.
+        static CONNECTOR: OnceLock<TransportConnector> = OnceLock::new();
+        let stream = CONNECTOR
+            .get_or_init(|| TransportConnector::new(None))
+            .new_stream(&peer)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        exchange(stream, call).await
+    };
+    match tokio::time::timeout(call.timeout, made).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::debug!(upstream = %up.name, error = %e, "plugin HTTP call failed");
@@ -35,8 +43,10 @@ pub async fn perform(snap: &Snapshot, call: &PendingCall) -> CallResponse {
     }
 }
 
-async fn exchange(addr: SocketAddr, call: &PendingCall) -> std::io::Result<CallResponse> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+async fn exchange(
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
+    call: &PendingCall,
+) -> std::io::Result<CallResponse> {
     let mut head = format!("{} {} HTTP/1.1\r\n", call.method, call.path).into_bytes();
     for (k, v) in &call.headers {
         head.extend_from_slice(k);

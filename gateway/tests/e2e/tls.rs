@@ -227,3 +227,61 @@ upstream = "secure"
         "no request crossed an unverified connection"
     );
 }
+
+#[test]
+fn plugin_http_calls_reach_tls_upstreams_with_their_sni_and_verification() {
+    let certs = tempfile::tempdir().unwrap();
+    make_cert(certs.path(), "auth.test");
+    let cert = std::fs::read(certs.path().join("auth.test.pem")).unwrap();
+    let key = std::fs::read(certs.path().join("auth.test.key")).unwrap();
+    let auth = Upstream::tls("auth", &cert, &key);
+    let app = Upstream::start("app");
+    let start = |verify: bool| {
+        gateway_with(
+            app.addr,
+            &format!(
+                r#"
+[[upstreams]]
+name = "auth"
+targets = ["{}"]
+tls = {{ sni = "auth.test", verify = {verify} }}
+[[plugins]]
+name = "http-call"
+wasm = "{{plugin:test/http-call}}"
+[[routes]]
+name = "api"
+upstream = "app"
+plugins = ["http-call"]
+"#,
+                auth.addr
+            ),
+        )
+    };
+    let w = start(false);
+    let r = Req::get("/orders")
+        .header("x-token", "t")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = auth.last().unwrap();
+    assert_eq!(
+        (seen.path.as_str(), seen.header("x-token")),
+        ("/check", Some("t"))
+    );
+    assert_eq!(
+        auth.sni.lock().unwrap().last().map(String::as_str),
+        Some("auth.test")
+    );
+    drop(w);
+
+    // Verification on: the self-signed certificate fails the call, which reaches the
+    // plugin as a failed call (it answers 403); nothing crossed the connection.
+    let before = auth.hits();
+    let w = start(true);
+    let r = Req::get("/orders")
+        .header("x-token", "t")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(auth.hits(), before);
+}
