@@ -14,7 +14,7 @@ fn module(request_body: &str, response_body: &str, configure_result: i32) -> Str
   (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_register_shared_queue" (func $queue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $unimplemented (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   (data (i32.const 0) "x-plugin")
@@ -175,8 +175,8 @@ fn start(up: &Upstream) -> Weir {
         dir.path(),
         "unsupported.wat",
         &module(
-            // Shared queues are not implemented yet: the call answers Unimplemented (12).
-            r#"(if (i32.ne (call $queue (i32.const 0) (i32.const 0) (i32.const 200)) (i32.const 12))
+            // Changing a body is not implemented: the call answers Unimplemented (12).
+            r#"(if (i32.ne (call $unimplemented (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 12))
       (then unreachable))
     (i32.const 0)"#,
             CONTINUE,
