@@ -19,32 +19,58 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds of the buckets for plugin callbacks (microseconds to the default CPU
+/// limit of a few milliseconds), in seconds.
+pub const PLUGIN_BUCKETS: [f64; 12] = [
+    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01,
+];
+
 /// A latency histogram: one atomic per bucket, made cumulative when rendered.
-#[derive(Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len() + 1],
+    bounds: &'static [f64],
+    /// One per bound, then +Inf.
+    buckets: Box<[AtomicU64]>,
     sum_micros: AtomicU64,
 }
 
+impl Default for Histogram {
+    /// Buckets for request latencies (0.5 ms to 10 s).
+    fn default() -> Self {
+        Histogram::with_buckets(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// A histogram with these bucket upper bounds (seconds, ascending).
+    pub fn with_buckets(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|&b| secs <= b)
-            .unwrap_or(BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// The Prometheus lines of this histogram (`_bucket`, `_sum`, `_count`).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cum = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             cum += self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
         }
-        cum += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        cum += self.buckets[self.bounds.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");

@@ -397,10 +397,8 @@ impl Plugin {
             return (None, self.error_verdict());
         };
         let r = vm.request_headers(scope, num, end_of_stream);
-        self.stats.count_call(
-            shared::PHASE_REQUEST_HEADERS,
-            started.elapsed().as_micros() as u64,
-        );
+        self.stats
+            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed());
         match r {
             Ok((context, local, calls)) => {
                 let active = Active {
@@ -435,10 +433,8 @@ impl Plugin {
             return self.error_verdict();
         };
         let r = vm.http_call_response(scope, a.context, token, resp);
-        self.stats.count_call(
-            shared::PHASE_REQUEST_HEADERS,
-            started.elapsed().as_micros() as u64,
-        );
+        self.stats
+            .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed());
         match r {
             Ok((local, calls)) => verdict(local, calls),
             Err(f) => self.fail(&mut slot, &f, "http_call_response"),
@@ -465,10 +461,8 @@ impl Plugin {
             return (self.error_verdict(), false);
         };
         let r = vm.request_body(scope, a.context, body.len(), end_of_stream);
-        self.stats.count_call(
-            shared::PHASE_REQUEST_BODY,
-            started.elapsed().as_micros() as u64,
-        );
+        self.stats
+            .count_call(shared::PHASE_REQUEST_BODY, started.elapsed());
         match r {
             Ok((buffer, local)) => (
                 local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
@@ -495,10 +489,8 @@ impl Plugin {
             return self.error_verdict();
         };
         let r = vm.response_headers(scope, a.context, num, false);
-        self.stats.count_call(
-            shared::PHASE_RESPONSE_HEADERS,
-            started.elapsed().as_micros() as u64,
-        );
+        self.stats
+            .count_call(shared::PHASE_RESPONSE_HEADERS, started.elapsed());
         match r {
             Ok(local) => local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
             Err(f) => self.fail(&mut slot, &f, "response_headers"),
@@ -517,8 +509,7 @@ impl Plugin {
             return;
         };
         let r = vm.finish(scope, a.context);
-        self.stats
-            .count_call(shared::PHASE_LOG, started.elapsed().as_micros() as u64);
+        self.stats.count_call(shared::PHASE_LOG, started.elapsed());
         if let Err(f) = r {
             self.fail(&mut slot, &f, "log");
         }
@@ -542,7 +533,7 @@ impl Plugin {
             }
             if !matches!(r, Ok(false)) {
                 self.stats
-                    .count_call(shared::PHASE_TIMERS, started.elapsed().as_micros() as u64);
+                    .count_call(shared::PHASE_TIMERS, started.elapsed());
             }
             if let Err(f) = r {
                 self.fail(&mut s, &f, "timer");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::abi::Status;
+use crate::metrics::{Histogram, PLUGIN_BUCKETS};
 
 /// `proxy_get_shared_data` / `proxy_set_shared_data`: one key space per plugin name
 /// (the plugin's "vm id"), shared by all its VMs; every write bumps the key's CAS. Also
@@ -96,17 +97,24 @@ pub const PHASE_TIMERS: usize = 4;
 pub const ERROR_KINDS: [&str; 4] = ["trap", "timeout", "memory", "instantiate"];
 
 /// Lock-free counters of one plugin, held by its [`super::Plugin`].
-#[derive(Default)]
 pub struct PluginStats {
-    calls: [AtomicU64; PHASES.len()],
-    micros: [AtomicU64; PHASES.len()],
+    /// Callback durations by phase.
+    calls: [Histogram; PHASES.len()],
     errors: [AtomicU64; ERROR_KINDS.len()],
 }
 
+impl Default for PluginStats {
+    fn default() -> Self {
+        PluginStats {
+            calls: std::array::from_fn(|_| Histogram::with_buckets(&PLUGIN_BUCKETS)),
+            errors: Default::default(),
+        }
+    }
+}
+
 impl PluginStats {
-    pub fn count_call(&self, phase: usize, micros: u64) {
-        self.calls[phase].fetch_add(1, Ordering::Relaxed);
-        self.micros[phase].fetch_add(micros, Ordering::Relaxed);
+    pub fn count_call(&self, phase: usize, took: std::time::Duration) {
+        self.calls[phase].observe(took);
     }
 
     pub fn count_error(&self, kind: usize) {
@@ -171,24 +179,13 @@ impl PluginMetrics {
                 );
             }
         }
-        out.push_str("# HELP weir_plugin_calls_total Plugin callbacks by phase.\n# TYPE weir_plugin_calls_total counter\n");
+        out.push_str("# HELP weir_plugin_call_duration_seconds Plugin callbacks by phase, with the time spent in them.\n# TYPE weir_plugin_call_duration_seconds histogram\n");
         for (plugin, s) in &stats {
             for (i, phase) in PHASES.iter().enumerate() {
-                let n = s.calls[i].load(Ordering::Relaxed);
-                let _ = writeln!(
+                s.calls[i].render(
                     out,
-                    "weir_plugin_calls_total{{plugin=\"{plugin}\",phase=\"{phase}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP weir_plugin_call_seconds_total Time spent in plugin callbacks by phase.\n# TYPE weir_plugin_call_seconds_total counter\n");
-        for (plugin, s) in &stats {
-            for (i, phase) in PHASES.iter().enumerate() {
-                let us = s.micros[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "weir_plugin_call_seconds_total{{plugin=\"{plugin}\",phase=\"{phase}\"}} {}",
-                    us as f64 / 1e6
+                    "weir_plugin_call_duration_seconds",
+                    &format!("plugin=\"{plugin}\",phase=\"{phase}\""),
                 );
             }
         }

@@ -394,7 +394,7 @@ plugins = ["transform"]
     assert_eq!(r.header("server"), None);
     // Its calls are counted per phase.
     assert!(
-        w.metric("weir_plugin_calls_total{plugin=\"transform\",phase=\"request_headers\"}")
+        w.metric("weir_plugin_call_duration_seconds_count{plugin=\"transform\",phase=\"request_headers\"}")
             .unwrap_or(0.0)
             >= 1.0
     );
@@ -639,7 +639,7 @@ plugins = ["timers"]
     assert_eq!(r.text(), "Err(NotFound)");
     let metrics = w.metrics();
     assert!(
-        metrics.contains("weir_plugin_calls_total{plugin=\"timers\",phase=\"timers\"}"),
+        metrics.contains("weir_plugin_call_duration_seconds_count{plugin=\"timers\",phase=\"timers\"}"),
         "{metrics}"
     );
 }
