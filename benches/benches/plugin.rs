@@ -81,7 +81,7 @@ fn chain_call(c: &mut Criterion) {
                     info: &info,
                     properties: &mut props,
                 };
-                let (active, verdict) = plugin.request_headers(&mut views);
+                let (active, verdict) = plugin.request_headers(&mut views, true);
                 if let Some(a) = active {
                     plugin.finish(&a, &mut views);
                 }
