@@ -639,7 +639,9 @@ plugins = ["timers"]
     assert_eq!(r.text(), "Err(NotFound)");
     let metrics = w.metrics();
     assert!(
-        metrics.contains("weir_plugin_call_duration_seconds_count{plugin=\"timers\",phase=\"timers\"}"),
+        metrics.contains(
+            "weir_plugin_call_duration_seconds_count{plugin=\"timers\",phase=\"timers\"}"
+        ),
         "{metrics}"
     );
 }
