@@ -532,7 +532,8 @@ pub fn load_str(
 }
 
 /// Replaces `${NAME}` with the variable's value; `$${` stands for a literal `${`.
-/// An unset variable is an error naming its line.
+/// An unset variable is an error naming its line. Comments are left alone, so
+/// commenting out a line that names an unset variable works.
 fn substitute_env(
     path: &Path,
     text: &str,
@@ -543,7 +544,10 @@ fn substitute_env(
     }
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+    let mut multiline = None;
+    for (lineno, full) in text.split_inclusive('\n').enumerate() {
+        let (line, comment) =
+            full.split_at(comment_start(full, &mut multiline).unwrap_or(full.len()));
         let mut rest = line;
         while let Some(pos) = rest.find("${") {
             if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
@@ -586,12 +590,52 @@ fn substitute_env(
             }
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Where a TOML line's comment starts: its first `#` outside strings. `multiline`
+/// carries an open `"""` or `'''` string from one line to the next.
+fn comment_start(line: &str, multiline: &mut Option<&'static str>) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(close) = *multiline {
+            if close == "\"\"\"" && b[i] == b'\\' {
+                i += 2;
+            } else if line[i..].starts_with(close) {
+                *multiline = None;
+                i += 3;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        match b[i] {
+            b'#' => return Some(i),
+            b'"' | b'\''
+                if line[i..].starts_with(if b[i] == b'"' { "\"\"\"" } else { "\'\'\'" }) =>
+            {
+                *multiline = Some(if b[i] == b'"' { "\"\"\"" } else { "\'\'\'" });
+                i += 3;
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != quote && b[i] != b'\n' {
+                    // Escapes exist in basic strings only.
+                    i += if quote == b'"' && b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Values are substituted inside TOML strings: keep quotes and backslashes literal.

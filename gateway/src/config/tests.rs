@@ -145,6 +145,23 @@ fn unset_env_var_names_its_line() {
 }
 
 #[test]
+fn env_vars_in_comments_are_left_alone() {
+    // A commented-out line naming an unset variable, a `#` inside strings (where
+    // substitution still happens) and a multi-line string holding a `#`.
+    let text = format!(
+        "{BASE}\n# token = \"${{MISSING_VAR}}\"\n[[routes]]\nname = \"d\"\npaths = [\"=/d#\"] # ${{NOPE}}\nrespond = {{ status = 200, body = \"\"\"\nx # ${{TOKEN}}\n'# \"\"\" }} # ${{ALSO_NOT}}\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.routes[1].paths, ["=/d#"]);
+    assert_eq!(
+        c.routes[1].respond.as_ref().unwrap().body,
+        "x # s3cr\"et\n'# "
+    );
+    assert_eq!(comment_start("a = 'x#' # c", &mut None), Some(9));
+    assert_eq!(comment_start(r##"a = "\"#" # c"##, &mut None), Some(10));
+}
+
+#[test]
 fn route_needs_exactly_one_action() {
     let text = BASE.replace("upstream = \"users\"\n", "");
     let errs = load(&text).unwrap_err().0;
