@@ -15,6 +15,11 @@ fn module(request_body: &str, response_body: &str, configure_result: i32) -> Str
   (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_set_buffer_bytes" (func $unimplemented (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   (data (i32.const 0) "x-plugin")
@@ -22,6 +27,7 @@ fn module(request_body: &str, response_body: &str, configure_result: i32) -> Str
   (data (i32.const 32) "denied by wat")
   (data (i32.const 64) "x-plugin-resp")
   (data (i32.const 96) "content-length")
+  (data (i32.const 128) "weir.counter_add")
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
     (local $p i32)
@@ -61,6 +67,38 @@ fn local_plugin() -> String {
     (if (i32.ne (call $local (i32.const 500) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)) (i32.const 2))
       (then unreachable))
     (i32.const 1)"#,
+        CONTINUE,
+        1,
+    )
+}
+
+/// Calls the newer host services with bad arguments; any status other than the one
+/// expected traps (`unreachable`, so a 500). All as expected: a local 418.
+fn services_plugin() -> String {
+    let expect = |call: &str, status: i32| {
+        format!("(if (i32.ne {call} (i32.const {status})) (then unreachable))\n    ")
+    };
+    let checks = [
+        // weir.counter_add with 3 bytes of arguments (it needs 16 and a key).
+        expect("(call $foreign (i32.const 128) (i32.const 16) (i32.const 0) (i32.const 3) (i32.const 200) (i32.const 204))", 2),
+        // A function name outside memory.
+        expect("(call $foreign (i32.const -16) (i32.const 100) (i32.const 0) (i32.const 0) (i32.const 200) (i32.const 204))", 2),
+        // A function Weir does not have.
+        expect("(call $foreign (i32.const 16) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 200) (i32.const 204))", 1),
+        // Queues: unknown ids, an item larger than allowed, an unknown name.
+        expect("(call $enqueue (i32.const 999) (i32.const 0) (i32.const 4))", 1),
+        expect("(call $enqueue (i32.const 999) (i32.const 0) (i32.const 2147483647))", 2),
+        expect("(call $dequeue (i32.const 12345) (i32.const 200) (i32.const 204))", 1),
+        expect("(call $resolve (i32.const 16) (i32.const 4) (i32.const 0) (i32.const 8) (i32.const 200))", 1),
+        // No request body in the headers phase; an unknown buffer type.
+        expect("(call $get_buffer (i32.const 0) (i32.const 0) (i32.const 10) (i32.const 200) (i32.const 204))", 1),
+        expect("(call $get_buffer (i32.const 99) (i32.const 0) (i32.const 10) (i32.const 200) (i32.const 204))", 2),
+    ]
+    .concat();
+    module(
+        &format!(
+            "{checks}(drop (call $local (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))\n    (i32.const 1)"
+        ),
         CONTINUE,
         1,
     )
@@ -110,6 +148,9 @@ wasm = "oob.wat"
 [[plugins]]
 name = "unsupported"
 wasm = "unsupported.wat"
+[[plugins]]
+name = "services"
+wasm = "services.wat"
 
 [[routes]]
 name = "headers"
@@ -127,7 +168,7 @@ paths = ["/plain"]
 upstream = "app"
 {}"#,
         // One route per single-plugin case: /NAME runs plugin NAME.
-        ["loop", "bomb", "panic", "oob", "unsupported"]
+        ["loop", "bomb", "panic", "oob", "unsupported", "services"]
             .iter()
             .map(|p| format!(
                 "[[routes]]\nname = \"{p}\"\npaths = [\"/{p}\"]\nupstream = \"app\"\nplugins = [\"{p}\"]\n"
@@ -183,6 +224,7 @@ fn start(up: &Upstream) -> Weir {
             1,
         ),
     );
+    write(dir.path(), "services.wat", &services_plugin());
     let mut cfg = cfg;
     for name in [
         "headers",
@@ -192,6 +234,7 @@ fn start(up: &Upstream) -> Weir {
         "panic",
         "oob",
         "unsupported",
+        "services",
     ] {
         cfg = cfg.replace(
             &format!("\"{name}.wat\""),
@@ -256,6 +299,9 @@ fn hostile_plugins_are_contained() {
     // An out-of-bounds pointer gets BadArgument, and the plugin carries on.
     let r = w.get("/oob");
     assert_eq!(r.status, 418);
+    // So do bad arguments to queues, foreign functions and buffers.
+    let r = w.get("/services");
+    assert_eq!(r.status, 418, "{}", r.text());
 
     // Other routes, and other plugins, are unaffected.
     assert_eq!(w.get("/plain").status, 200);
