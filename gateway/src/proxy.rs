@@ -119,6 +119,11 @@ pub struct RequestCtx {
     body_held: Option<(usize, bytes::BytesMut)>,
     /// Every plugin has seen the end of the request body (a retry resends it as is).
     body_seen: bool,
+    /// Whether a plugin of this request asked for response bodies (`response_body`).
+    response_body: bool,
+    /// Response body held for the plugin (by index in `plugins`) that asked to see it
+    /// whole.
+    response_held: Option<(usize, bytes::BytesMut)>,
 }
 
 /// The matched route of a request. A free function over the two fields (not a method
@@ -296,6 +301,8 @@ impl ProxyHttp for WeirProxy {
             pending_local: None,
             body_held: None,
             body_seen: false,
+            response_body: false,
+            response_held: None,
         }
     }
 
@@ -667,7 +674,7 @@ impl ProxyHttp for WeirProxy {
                 info,
                 properties: &mut ctx.properties,
             };
-            let (verdict, hold) = a.plugin().request_body(a, &data, end_of_stream, &mut views);
+            let (verdict, hold) = a.plugin().body(a, false, &data, end_of_stream, &mut views);
             match verdict {
                 // Calls can only be dispatched from the request headers.
                 Verdict::Continue | Verdict::Calls(_) => {}
@@ -733,6 +740,7 @@ impl ProxyHttp for WeirProxy {
                 }
             }
         }
+        ctx.response_body = ctx.plugins.iter().any(|a| a.plugin().config.response_body);
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
@@ -740,6 +748,70 @@ impl ProxyHttp for WeirProxy {
             }
         }
         Ok(())
+    }
+
+    /// Streams response body chunks through the `on_response_body` of the plugins that
+    /// asked for it (`response_body = true`), in reverse chain order. A plugin that
+    /// answers `StopIterationAndBuffer` holds the body until it lets it go or the body
+    /// ends. The response head is on its way by then: a plugin cannot answer instead,
+    /// and a body larger than its `max_body_bytes` (or a plugin failing with `on_error
+    /// = "deny"`) ends the response early, logged.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if !ctx.response_body {
+            return Ok(None);
+        }
+        let Some(info) = &ctx.plugin_info else {
+            return Ok(None);
+        };
+        let chunk = body.take().unwrap_or_default();
+        let (upto, data) = match ctx.response_held.take() {
+            Some((i, mut held)) => {
+                held.extend_from_slice(&chunk);
+                (i + 1, held.freeze())
+            }
+            None => (ctx.plugins.len(), chunk),
+        };
+        for (i, a) in ctx.plugins.iter().enumerate().take(upto).rev() {
+            let plugin = a.plugin();
+            if !plugin.config.response_body {
+                continue;
+            }
+            if data.len() > plugin.config.max_body_bytes {
+                tracing::warn!(plugin = &*plugin.name, request_id = %ctx.request_id, "response body larger than the plugin's max_body_bytes: response ended");
+                return Err(Error::explain(
+                    InternalError,
+                    "response body too large for a plugin",
+                ));
+            }
+            let mut views = Views {
+                request: session.req_header_mut(),
+                response: None,
+                info,
+                properties: &mut ctx.properties,
+            };
+            let (verdict, hold) = plugin.body(a, true, &data, end_of_stream, &mut views);
+            if matches!(verdict, Verdict::Deny) {
+                ctx.error = Some(ErrorKind::PluginFailed);
+                return Err(Error::explain(
+                    InternalError,
+                    "a plugin failed on the response body",
+                ));
+            }
+            if hold && !end_of_stream {
+                ctx.response_held = Some((i, data.into()));
+                return Ok(None);
+            }
+        }
+        if !data.is_empty() || !end_of_stream {
+            *body = Some(data);
+        }
+        Ok(None)
     }
 
     /// Connect failures count toward passive ejection and are retried on another

@@ -68,6 +68,10 @@ pub struct PluginConfig {
     /// through. Past it the request gets 413 `payload_too_large`.
     #[serde(default = "default_plugin_body")]
     pub max_body_bytes: usize,
+    /// Whether the plugin's `on_response_body` is called. Off by default: nearly every
+    /// response has a body, and most policies never look at it.
+    #[serde(default)]
+    pub response_body: bool,
 }
 
 /// A failing plugin either denies the request (500 with a JSON error) or is skipped.

@@ -28,6 +28,7 @@ pub const MAP_HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
 
 /// Buffers a host call can address.
 pub const BUFFER_HTTP_REQUEST_BODY: i32 = 0;
+pub const BUFFER_HTTP_RESPONSE_BODY: i32 = 1;
 pub const BUFFER_HTTP_CALL_RESPONSE_BODY: i32 = 4;
 pub const BUFFER_VM_CONFIGURATION: i32 = 6;
 pub const BUFFER_PLUGIN_CONFIGURATION: i32 = 7;

@@ -470,10 +470,17 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     Some(r) => &r.body,
                     None => return Ok(Status::NotFound as i32),
                 },
-                abi::BUFFER_HTTP_REQUEST_BODY => match st.body() {
-                    Some(b) => b,
-                    None => return Ok(Status::NotFound as i32),
-                },
+                abi::BUFFER_HTTP_REQUEST_BODY | abi::BUFFER_HTTP_RESPONSE_BODY => {
+                    let phase = if buf == abi::BUFFER_HTTP_REQUEST_BODY {
+                        Phase::RequestBody
+                    } else {
+                        Phase::ResponseBody
+                    };
+                    match st.body() {
+                        Some(b) if st.scope.phase == Some(phase) => b,
+                        _ => return Ok(Status::NotFound as i32),
+                    }
+                }
                 abi::BUFFER_VM_CONFIGURATION => &[],
                 // Response body, downstream/upstream data, gRPC, call data: none here.
                 b if (0..=abi::BUFFER_CALL_DATA).contains(&b) => return Ok(Status::NotFound as i32),

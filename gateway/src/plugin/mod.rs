@@ -441,11 +441,13 @@ impl Plugin {
         }
     }
 
-    /// Runs `on_request_body` with everything buffered for this plugin so far (`body`).
-    /// Returns the verdict and whether the plugin asked to keep buffering.
-    pub fn request_body(
+    /// Runs `on_request_body` (or `on_response_body` with `response`) with everything
+    /// buffered for this plugin so far (`body`). Returns the verdict and whether the
+    /// plugin asked to keep buffering.
+    pub fn body(
         &self,
         a: &Active,
+        response: bool,
         body: &[u8],
         end_of_stream: bool,
         v: &mut Views<'_>,
@@ -455,20 +457,24 @@ impl Plugin {
             return (self.error_verdict(), false);
         }
         let started = Instant::now();
-        let mut scope = Self::scope(Phase::RequestBody, v);
+        let (phase, stat) = if response {
+            (Phase::ResponseBody, shared::PHASE_RESPONSE_BODY)
+        } else {
+            (Phase::RequestBody, shared::PHASE_REQUEST_BODY)
+        };
+        let mut scope = Self::scope(phase, v);
         scope.body = Some(body.into());
         let Some(vm) = slot.vm.as_mut() else {
             return (self.error_verdict(), false);
         };
-        let r = vm.request_body(scope, a.context, body.len(), end_of_stream);
-        self.stats
-            .count_call(shared::PHASE_REQUEST_BODY, started.elapsed());
+        let r = vm.body(scope, a.context, body.len(), end_of_stream);
+        self.stats.count_call(stat, started.elapsed());
         match r {
             Ok((buffer, local)) => (
                 local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
                 buffer,
             ),
-            Err(f) => (self.fail(&mut slot, &f, "request_body"), false),
+            Err(f) => (self.fail(&mut slot, &f, phase.name()), false),
         }
     }
 

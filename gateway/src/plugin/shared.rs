@@ -79,10 +79,11 @@ pub struct PluginMetrics {
 }
 
 /// Phases counted per plugin.
-pub const PHASES: [&str; 5] = [
+pub const PHASES: [&str; 6] = [
     "request_headers",
     "request_body",
     "response_headers",
+    "response_body",
     "log",
     "timers",
 ];
@@ -90,9 +91,10 @@ pub const PHASES: [&str; 5] = [
 pub const PHASE_REQUEST_HEADERS: usize = 0;
 pub const PHASE_REQUEST_BODY: usize = 1;
 pub const PHASE_RESPONSE_HEADERS: usize = 2;
-pub const PHASE_LOG: usize = 3;
+pub const PHASE_RESPONSE_BODY: usize = 3;
+pub const PHASE_LOG: usize = 4;
 /// `on_tick` and `on_queue_ready`.
-pub const PHASE_TIMERS: usize = 4;
+pub const PHASE_TIMERS: usize = 5;
 /// Failure kinds counted per plugin.
 pub const ERROR_KINDS: [&str; 4] = ["trap", "timeout", "memory", "instantiate"];
 

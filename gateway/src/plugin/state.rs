@@ -21,8 +21,25 @@ pub enum Phase {
     /// seen so far is readable as buffer 0.
     RequestBody,
     ResponseHeaders,
+    /// `on_response_body`: the response head is on its way to the client (not readable
+    /// here), the body seen so far is readable as buffer 1.
+    ResponseBody,
     /// `on_log`, `on_done`, `on_delete`: read-only.
     Log,
+}
+
+impl Phase {
+    /// For logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Root => "start",
+            Phase::RequestHeaders => "request_headers",
+            Phase::RequestBody => "request_body",
+            Phase::ResponseHeaders => "response_headers",
+            Phase::ResponseBody => "response_body",
+            Phase::Log => "log",
+        }
+    }
 }
 
 /// A local answer a plugin asked for with `proxy_send_local_response`.
@@ -81,7 +98,7 @@ pub struct Scope {
     pub response: Option<NonNull<ResponseHeader>>,
     pub info: Option<NonNull<RequestInfo>>,
     pub properties: Option<NonNull<Properties>>,
-    /// The request body buffered so far (`on_request_body`).
+    /// The body buffered so far (`on_request_body`, `on_response_body`).
     pub body: Option<NonNull<[u8]>>,
 }
 

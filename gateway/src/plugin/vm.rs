@@ -62,6 +62,7 @@ struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
@@ -136,6 +137,7 @@ impl Vm {
                 .ok_or("the module does not export proxy_on_context_create")?,
             request_headers: opt!("proxy_on_request_headers"),
             request_body: opt!("proxy_on_request_body"),
+            response_body: opt!("proxy_on_response_body"),
             http_call_response: opt!("proxy_on_http_call_response"),
             response_headers: opt!("proxy_on_response_headers"),
             log: opt!("proxy_on_log"),
@@ -267,10 +269,11 @@ impl Vm {
         ))
     }
 
-    /// `proxy_on_request_body` with `body` (everything buffered so far) readable as
-    /// buffer 0. Returns whether the plugin asked to buffer (`StopIterationAndBuffer`)
-    /// and its local response, if any.
-    pub fn request_body(
+    /// `proxy_on_request_body` (or `proxy_on_response_body` when the scope's phase is
+    /// the response body) with the scope's body (everything buffered so far) readable.
+    /// Returns whether the plugin asked to buffer (`StopIterationAndBuffer`) and its
+    /// local response, if any.
+    pub fn body(
         &mut self,
         scope: Scope,
         ctx: i32,
@@ -278,9 +281,17 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<(bool, Option<LocalResponse>), Failure> {
         self.store.data_mut().local_response = None;
-        let action = self.scoped(scope, |store, ex| match &ex.request_body {
-            Some(f) => f.call(&mut *store, (ctx, body_size as i32, end_of_stream as i32)),
-            None => Ok(ACTION_CONTINUE),
+        let response = scope.phase == Some(Phase::ResponseBody);
+        let action = self.scoped(scope, |store, ex| {
+            let f = if response {
+                &ex.response_body
+            } else {
+                &ex.request_body
+            };
+            match f {
+                Some(f) => f.call(&mut *store, (ctx, body_size as i32, end_of_stream as i32)),
+                None => Ok(ACTION_CONTINUE),
+            }
         })?;
         Ok((
             action != ACTION_CONTINUE,

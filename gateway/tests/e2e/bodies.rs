@@ -9,6 +9,10 @@ name = "inspect"
 wasm = "{plugin:test/body-inspect}"
 max_body_bytes = 64
 [[plugins]]
+name = "responses"
+wasm = "{plugin:test/body-inspect}"
+response_body = true
+[[plugins]]
 name = "stamp"
 wasm = "{plugin:test/add-header}"
 config = "stamped"
@@ -17,6 +21,11 @@ name = "inspected"
 paths = ["=/inspect"]
 upstream = "app"
 plugins = ["stamp", "inspect"]
+[[routes]]
+name = "responses"
+paths = ["/responses", "/response-seen"]
+upstream = "app"
+plugins = ["responses", "stamp"]
 [[routes]]
 name = "streamed"
 paths = ["=/stream"]
@@ -121,4 +130,26 @@ fn large_bodies_stream_through_plugins_that_do_not_read_them() {
     assert_eq!(seen.body.len(), body.len());
     assert!(seen.body == body, "the body changed on its way");
     assert_eq!(seen.header("x-filter"), Some("stamped"));
+}
+
+#[test]
+fn a_plugin_that_asks_sees_response_bodies_whole_and_the_client_gets_them_intact() {
+    let body: Vec<u8> = (0..200_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let sent = body.clone();
+    let up = Upstream::with_handler("app", move |_| Reply::Send(200, vec![], sent.clone()));
+    let w = gateway_with(up.addr, PLUGINS);
+    let r = Req::get("/responses").send(w.addr).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "the response body changed on its way");
+    let seen = Req::get("/response-seen").send(w.addr).unwrap().text();
+    assert_eq!(seen, "200000 bytes: abcdefghijklmnop");
+    // A plugin without `response_body = true` is not called for them.
+    let r = Req::get("/inspect").send(w.addr).unwrap();
+    assert!(r.body == body);
+    let calls = w
+        .metric(
+            "weir_plugin_call_duration_seconds_count{plugin=\"inspect\",phase=\"response_body\"}",
+        )
+        .unwrap_or(-1.0);
+    assert_eq!(calls, 0.0);
 }
