@@ -23,7 +23,12 @@ fn trap(msg: &str) -> wasmtime::Error {
     wasmtime::Error::msg(msg.to_string())
 }
 
+/// The guest's memory: found once when the VM starts (a lookup by name on every host
+/// call cost more than most calls themselves), looked up here only before that.
 fn memory(c: &mut C<'_>) -> Option<Memory> {
+    if let Some(m) = c.data().memory {
+        return Some(m);
+    }
     match c.get_export("memory") {
         Some(Extern::Memory(m)) => Some(m),
         _ => None,

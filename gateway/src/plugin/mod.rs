@@ -89,6 +89,11 @@ impl PluginHost {
             .memory_reservation(64 << 20)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(1 << 20);
+        // `WEIR_WASM_PROFILE=perfmap`: name the plugins' compiled functions for `perf`
+        // (/tmp/perf-PID.map), to profile plugins inside the gateway.
+        if std::env::var("WEIR_WASM_PROFILE").as_deref() == Ok("perfmap") {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).map_err(|e| format!("wasm engine: {e}"))?;
         let ticker = engine.clone();
         std::thread::Builder::new()
@@ -343,6 +348,7 @@ impl Plugin {
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
             alloc: None,
+            memory: None,
             stdout: Vec::new(),
             stderr: Vec::new(),
             startup_error: None,

@@ -124,6 +124,8 @@ pub struct HostState {
     /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), found after
     /// instantiation; host calls that return data use it.
     pub alloc: Option<TypedFunc<i32, i32>>,
+    /// The guest's exported memory, found after instantiation.
+    pub memory: Option<wasmtime::Memory>,
     /// Partial lines written to stdout/stderr, flushed to the log at newlines.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,

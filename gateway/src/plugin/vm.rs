@@ -120,6 +120,7 @@ impl Vm {
                 "the module exports no allocator (proxy_on_memory_allocate or malloc)".to_string()
             })?;
         store.data_mut().alloc = Some(alloc);
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
         let typed = |store: &mut Store<HostState>, name: &str| instance.get_func(&mut *store, name);
         macro_rules! opt {
             ($name:literal) => {
