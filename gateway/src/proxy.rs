@@ -38,10 +38,13 @@ const CONSUMER_PROPERTY: &str = "weir.consumer";
 /// HTTP calls one plugin may make for one request.
 const MAX_PLUGIN_CALLS: usize = 16;
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// Names as static strings: pingora stores a written name's bytes as its wire case, so a
+// `&'static str` costs nothing to convert, where a `HeaderName` of a non-standard header
+// would be copied into new bytes and parsed again on every write.
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// The proxy service. Holds only shared, read-mostly state; everything about one
 /// request lives in [`RequestCtx`].

@@ -19,19 +19,21 @@ use crate::router::Router;
 use crate::tls::{CertStore, CertifiedKey};
 use crate::upstream::Upstream;
 
-/// Header edits compiled to typed names and values.
+/// Header edits compiled once per snapshot: names checked and lower-cased (as the
+/// bytes [`crate::headers::EditableHead`] writes), values typed.
 #[derive(Debug, Default)]
 pub struct HeaderEdits {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub set: Vec<(Bytes, HeaderValue)>,
+    pub add: Vec<(Bytes, HeaderValue)>,
     pub remove: Vec<HeaderName>,
 }
 
 impl HeaderEdits {
     fn compile(ops: &HeaderOps) -> HeaderEdits {
         let pair = |(n, v): (&String, &String)| {
+            let name = HeaderName::from_bytes(n.as_bytes()).ok()?;
             Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                Bytes::copy_from_slice(name.as_str().as_bytes()),
                 HeaderValue::from_str(v).ok()?,
             ))
         };

@@ -258,22 +258,77 @@ impl Headers for HostHeaders {
     }
 
     fn set(&mut self, name: &str, value: &str) {
-        if !refused("header write", validate_header(name, value)) {
-            let _ = hostcalls::set_map_value(self.map, &lower(name), Some(value));
-        }
+        header_write(self.map, HeaderWrite::Replace, name, value);
     }
 
     fn add(&mut self, name: &str, value: &str) {
-        if !refused("header write", validate_header(name, value)) {
-            let _ = hostcalls::add_map_value(self.map, &lower(name), value);
-        }
+        header_write(self.map, HeaderWrite::Add, name, value);
     }
 
     fn remove(&mut self, name: &str) {
-        if !refused("header write", validate_header_name(name)) {
-            let _ = hostcalls::remove_map_value(self.map, &lower(name));
-        }
+        header_write(self.map, HeaderWrite::Remove, name, "");
     }
+}
+
+#[derive(Clone, Copy)]
+enum HeaderWrite {
+    Replace,
+    Add,
+    Remove,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_replace_header_map_value(
+        map: MapType,
+        key: *const u8,
+        key_len: usize,
+        value: *const u8,
+        value_len: usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map: MapType,
+        key: *const u8,
+        key_len: usize,
+        value: *const u8,
+        value_len: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: MapType, key: *const u8, key_len: usize) -> u32;
+}
+
+/// One header write, straight to the host: it checks the name and value with the same
+/// rules as [`validate_header`] (and lower-cases the name), so the SDK does not run them
+/// a second time on every write; only a refused write is checked here, to log why.
+/// Pseudo-headers are refused here: the path goes through `set_path`/`set_query`, which
+/// keep the request view in step.
+fn header_write(map: MapType, op: HeaderWrite, name: &str, value: &str) {
+    let status = if name.starts_with(':') {
+        u32::MAX
+    } else {
+        let (k, v) = (name.as_ptr(), value.as_ptr());
+        // SAFETY: the pointers and lengths describe live slices for the whole call; the
+        // host only reads them.
+        unsafe {
+            match op {
+                HeaderWrite::Replace => {
+                    proxy_replace_header_map_value(map, k, name.len(), v, value.len())
+                }
+                HeaderWrite::Add => proxy_add_header_map_value(map, k, name.len(), v, value.len()),
+                HeaderWrite::Remove => proxy_remove_header_map_value(map, k, name.len()),
+            }
+        }
+    };
+    if status == 0 {
+        return;
+    }
+    let why = match op {
+        HeaderWrite::Remove => validate_header_name(name),
+        _ => validate_header(name, value),
+    };
+    refused(
+        "header write",
+        why.and(Err(format!("the host refused `{name}` (status {status})"))),
+    );
 }
 
 fn property(path: &[&str]) -> Option<String> {

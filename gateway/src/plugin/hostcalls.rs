@@ -46,6 +46,21 @@ fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
         .ok_or(Status::BadArgument)
 }
 
+/// The guest's memory and the host state together, for host calls that use the guest's
+/// bytes in place instead of copying them out first (header writes, lookups).
+fn guest<'a>(c: &'a mut C<'_>) -> Result<(&'a [u8], &'a mut HostState), Status> {
+    let mem = memory(c).ok_or(Status::InternalFailure)?;
+    let (data, st) = mem.data_and_store_mut(c);
+    Ok((data, st))
+}
+
+/// `len` bytes at `ptr` of guest memory `data`, bounds-checked.
+fn slice(data: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    let end = ptr.checked_add(len).ok_or(Status::BadArgument)?;
+    data.get(ptr..end).ok_or(Status::BadArgument)
+}
+
 fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
     String::from_utf8(read(c, ptr, len)?).map_err(|_| Status::BadArgument)
 }
@@ -181,11 +196,32 @@ fn map_pairs(st: &mut HostState, map: i32) -> Result<abi::Pairs, Status> {
 }
 
 fn map_get(st: &mut HostState, map: i32, key: &[u8]) -> Result<Vec<u8>, Status> {
-    let key = key.to_ascii_lowercase();
+    let key: std::borrow::Cow<'_, [u8]> = if key.iter().any(u8::is_ascii_uppercase) {
+        key.to_ascii_lowercase().into()
+    } else {
+        key.into()
+    };
     if key.starts_with(b":") {
+        // The pseudo-headers policies read on every request, without building the pairs.
+        let direct = match (map, &*key) {
+            (abi::MAP_REQUEST_HEADERS, b":path") => st.request_mut().map(|r| {
+                let p = r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                p.as_bytes().to_vec()
+            }),
+            (abi::MAP_REQUEST_HEADERS, b":method") => st
+                .request_mut()
+                .map(|r| r.method.as_str().as_bytes().to_vec()),
+            (abi::MAP_RESPONSE_HEADERS, b":status") => st
+                .response_mut()
+                .map(|r| r.status.as_str().as_bytes().to_vec()),
+            _ => None,
+        };
+        if let Some(v) = direct {
+            return Ok(v);
+        }
         return map_pairs(st, map)?
             .into_iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| **k == *key)
             .map(|(_, v)| v)
             .ok_or(Status::NotFound);
     }
@@ -277,9 +313,6 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
             _ => Status::BadArgument,
         };
     }
-    let Ok(name) = HeaderName::from_bytes(&key) else {
-        return Status::BadArgument;
-    };
     let Ok(value) = HeaderValue::from_bytes(value) else {
         return Status::BadArgument;
     };
@@ -293,13 +326,17 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
             None => return Status::NotFound,
         },
     };
+    // `key` is lower case already: it becomes the name's bytes without another copy.
     let r = match edit {
-        Edit::Replace => head.insert(name, value),
-        Edit::Add => head.append(name, value),
-        Edit::Remove => {
-            head.remove(&name);
-            Ok(())
-        }
+        Edit::Replace => head.insert(key.into(), value),
+        Edit::Add => head.append(key.into(), value),
+        Edit::Remove => match HeaderName::from_bytes(&key) {
+            Ok(name) => {
+                head.remove(&name);
+                Ok(())
+            }
+            Err(_) => return Status::BadArgument,
+        },
     };
     if r.is_ok() {
         Status::Ok
@@ -523,11 +560,9 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> wasmtime::Result<i32> {
-            let key = match read(&mut c, kptr, klen) {
-                Ok(k) => k,
-                Err(s) => return Ok(s as i32),
-            };
-            match map_get(c.data_mut(), map, &key) {
+            let found =
+                guest(&mut c).and_then(|(data, st)| map_get(st, map, slice(data, kptr, klen)?));
+            match found {
                 Ok(v) => Ok(give(&mut c, &v, ret_ptr, ret_len)? as i32),
                 Err(s) => Ok(s as i32),
             }
@@ -541,11 +576,10 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             "env",
             name,
             move |mut c: C<'_>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> i32 {
-                let (key, value) = match (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) {
-                    (Ok(k), Ok(v)) => (k, v),
-                    (Err(s), _) | (_, Err(s)) => return s as i32,
-                };
-                map_edit(c.data_mut(), map, &key, &value, edit) as i32
+                status(guest(&mut c).and_then(|(data, st)| {
+                    let (key, value) = (slice(data, kptr, klen)?, slice(data, vptr, vlen)?);
+                    Ok(map_edit(st, map, key, value, edit))
+                }))
             },
         )?;
     }
@@ -553,10 +587,15 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, map: i32, kptr: i32, klen: i32| -> i32 {
-            match read(&mut c, kptr, klen) {
-                Ok(key) => map_edit(c.data_mut(), map, &key, b"", Edit::Remove) as i32,
-                Err(s) => s as i32,
-            }
+            status(guest(&mut c).and_then(|(data, st)| {
+                Ok(map_edit(
+                    st,
+                    map,
+                    slice(data, kptr, klen)?,
+                    b"",
+                    Edit::Remove,
+                ))
+            }))
         },
     )?;
     linker.func_wrap(
@@ -606,11 +645,8 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_property",
         |mut c: C<'_>, pptr: i32, plen: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
-            let path = match read(&mut c, pptr, plen) {
-                Ok(p) => p,
-                Err(s) => return Ok(s as i32),
-            };
-            match property(c.data_mut(), &path) {
+            let found = guest(&mut c).and_then(|(data, st)| property(st, slice(data, pptr, plen)?));
+            match found {
                 Ok(v) => Ok(give(&mut c, &v, ret_ptr, ret_len)? as i32),
                 Err(s) => Ok(s as i32),
             }
@@ -800,13 +836,14 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_len: i32,
          ret_cas: i32|
          -> wasmtime::Result<i32> {
-            let key = match read(&mut c, kptr, klen) {
-                Ok(k) => k,
+            let found = guest(&mut c).and_then(|(data, st)| {
+                st.shared
+                    .get(&st.plugin, slice(data, kptr, klen)?)
+                    .ok_or(Status::NotFound)
+            });
+            let (value, cas) = match found {
+                Ok(v) => v,
                 Err(s) => return Ok(s as i32),
-            };
-            let ns = c.data().plugin.clone();
-            let Some((value, cas)) = c.data().shared.get(&ns, &key) else {
-                return Ok(Status::NotFound as i32);
             };
             if let Err(s) = write_u32(&mut c, ret_cas, cas) {
                 return Ok(s as i32);
@@ -818,15 +855,13 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_shared_data",
         |mut c: C<'_>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> i32 {
-            let (key, value) = match (read(&mut c, kptr, klen), read(&mut c, vptr, vlen)) {
-                (Ok(k), Ok(v)) => (k, v),
-                (Err(s), _) | (_, Err(s)) => return s as i32,
-            };
-            if key.len() > 1024 || value.len() > 1024 * 1024 {
-                return Status::BadArgument as i32;
-            }
-            let ns = c.data().plugin.clone();
-            c.data().shared.set(&ns, &key, &value, cas as u32) as i32
+            status(guest(&mut c).and_then(|(data, st)| {
+                let (key, value) = (slice(data, kptr, klen)?, slice(data, vptr, vlen)?);
+                if key.len() > 1024 || value.len() > 1024 * 1024 {
+                    return Err(Status::BadArgument);
+                }
+                Ok(st.shared.set(&st.plugin, key, value, cas as u32))
+            }))
         },
     )?;
     linker.func_wrap(

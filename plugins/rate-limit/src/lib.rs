@@ -386,19 +386,26 @@ impl Policy for RateLimit {
             Ok(verdict) => verdict,
             Err(e) => return self.store_failed(req, &key, &e, now),
         };
-        let [limit, remaining, reset] = [
+        let numbers = [
             verdict.limit,
             verdict.remaining,
             secs_until(verdict.reset_at, now),
-        ]
-        .map(|n| n.to_string());
+        ];
         if verdict.allowed {
             ALLOWED.inc();
             if self.headers {
-                req.set_var(VAR, &format!("{limit} {remaining} {reset}"));
+                let mut var = String::with_capacity(32);
+                for (i, n) in numbers.into_iter().enumerate() {
+                    if i > 0 {
+                        var.push(' ');
+                    }
+                    push_u64(&mut var, n);
+                }
+                req.set_var(VAR, &var);
             }
             return Decision::Continue;
         }
+        let [limit, remaining, reset] = numbers.map(|n| n.to_string());
         LIMITED.inc();
         let retry = secs_until(verdict.retry_at, now).to_string();
         let message = format!("rate limit of {} exceeded; retry in {retry} s", rate.label);
@@ -429,26 +436,44 @@ impl RateLimit {
     /// The store key of the request's budget in `scope`, or `None` when it has no key
     /// and `on_missing_key` is `allow` or `deny`.
     fn store_key(&self, req: &dyn RequestInfo, scope: &str) -> Option<String> {
+        // Built with push_str, not format!: this runs on every request, and core::fmt
+        // is slow in wasm.
+        let key = |parts: &[&str], value: Option<&str>| {
+            let mut k = String::with_capacity(scope.len() + 16 + value.map_or(0, str::len));
+            k.push_str(scope);
+            for p in parts {
+                k.push(':');
+                k.push_str(p);
+            }
+            if let Some(v) = value {
+                k.push(':');
+                push_identity(&mut k, v);
+            }
+            k
+        };
+        let header;
+        let ip;
         let found = match &self.key {
-            KeyKind::Consumer => req.consumer().map(|c| ("consumer", c.to_string())),
-            KeyKind::Ip => self.client_ip(req).map(|ip| ("ip", ip)),
-            KeyKind::Route => req.route().map(|r| ("route", r.to_string())),
-            KeyKind::Header { name, kind } => req
-                .headers()
-                .get(name)
-                .filter(|v| !v.is_empty())
-                .map(|v| (kind.as_str(), v)),
+            KeyKind::Consumer => req.consumer().map(|c| ("consumer", c)),
+            KeyKind::Ip => {
+                ip = self.client_ip(req);
+                ip.as_deref().map(|ip| ("ip", ip))
+            }
+            KeyKind::Route => req.route().map(|r| ("route", r)),
+            KeyKind::Header { name, kind } => {
+                header = req.headers().get(name).filter(|v| !v.is_empty());
+                header.as_deref().map(|v| (kind.as_str(), v))
+            }
         };
-        let (kind, value) = match (found, self.on_missing_key) {
-            (Some(found), _) => found,
-            (None, OnMissingKey::Ip) => match self.client_ip(req) {
-                Some(ip) => ("ip", ip),
-                None => return Some(format!("{scope}:none")),
-            },
-            (None, OnMissingKey::Shared) => return Some(format!("{scope}:none")),
-            (None, OnMissingKey::Allow | OnMissingKey::Deny) => return None,
-        };
-        Some(format!("{scope}:{kind}:{}", identity(&value)))
+        match (found, self.on_missing_key) {
+            (Some((kind, value)), _) => Some(key(&[kind], Some(value))),
+            (None, OnMissingKey::Ip) => Some(match self.client_ip(req) {
+                Some(ip) => key(&["ip"], Some(&ip)),
+                None => key(&["none"], None),
+            }),
+            (None, OnMissingKey::Shared) => Some(key(&["none"], None)),
+            (None, OnMissingKey::Allow | OnMissingKey::Deny) => None,
+        }
     }
 
     /// The client's IP as counted: IPv4 as is, IPv6 masked to `ipv6_prefix` bits.
@@ -904,17 +929,47 @@ fn parse_duration(text: &str) -> Result<u64, String> {
 
 /// An identity as written in store keys: itself when short and printable ASCII,
 /// otherwise `#` and its 64-bit FNV-1a hash in hex.
+#[cfg(test)]
 fn identity(value: &str) -> String {
+    let mut s = String::new();
+    push_identity(&mut s, value);
+    s
+}
+
+/// Appends [`identity`]`(value)` to `out`.
+fn push_identity(out: &mut String, value: &str) {
     let literal = value.len() <= MAX_LITERAL
         && !value.starts_with('#')
         && value.bytes().all(|b| b.is_ascii_graphic());
     if literal {
-        return value.to_string();
+        out.push_str(value);
+        return;
     }
     let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    format!("#{hash:016x}")
+    out.push('#');
+    for shift in (0..16).rev() {
+        let nibble = (hash >> (shift * 4)) & 0xf;
+        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
+}
+
+/// Appends `n` in decimal to `out` (`to_string` goes through core::fmt, slow in wasm).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Decodes a stored value of `N` little-endian u64 words.

@@ -1154,3 +1154,29 @@ fn outcomes_are_counted_in_metrics() {
     .map(metrics::recorded);
     assert_eq!(counts, [2, 3, 4, 1]);
 }
+
+#[test]
+fn decimal_formatting_matches_to_string() {
+    for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+        let mut s = String::from("x");
+        push_u64(&mut s, n);
+        assert_eq!(s, format!("x{n}"));
+    }
+}
+
+#[test]
+fn hashed_identities_are_sixteen_lower_case_hex_digits() {
+    let value = "y".repeat(65);
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    assert_eq!(identity(&value), format!("#{hash:016x}"));
+    assert_eq!(
+        identity("#x"),
+        format!("#{:016x}", {
+            b"#x".iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        })
+    );
+}
