@@ -386,6 +386,9 @@ impl ProxyHttp for WeirProxy {
                 upstreams: snap.upstream_names.clone(),
             };
             let no_body = session.as_mut().is_body_empty();
+            // Plugins were told the request ends with its headers: no body callbacks
+            // follow (as in Envoy), which spares a guest call per plugin per request.
+            ctx.body_seen = no_body;
             for plugin in &snap.routes[m.route].plugins {
                 let mut views = Views {
                     request: session.req_header_mut(),

@@ -153,3 +153,27 @@ fn a_plugin_that_asks_sees_response_bodies_whole_and_the_client_gets_them_intact
         .unwrap_or(-1.0);
     assert_eq!(calls, 0.0);
 }
+
+#[test]
+fn a_request_without_a_body_gets_no_body_callback() {
+    let up = Upstream::start("app");
+    let w = gateway_with(up.addr, PLUGINS);
+    let body_calls = || {
+        w.metric(
+            "weir_plugin_call_duration_seconds_count{plugin=\"inspect\",phase=\"request_body\"}",
+        )
+        .unwrap_or(-1.0)
+    };
+    // `on_request_headers` said end of stream: as in Envoy, no `on_request_body` follows.
+    for _ in 0..3 {
+        assert_eq!(Req::get("/inspect").send(w.addr).unwrap().status, 200);
+    }
+    assert_eq!(body_calls(), 0.0);
+    // A request with a body is shown it.
+    let r = Req::new("POST", "/inspect")
+        .body(b"hello")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(body_calls() >= 1.0, "{}", body_calls());
+}
