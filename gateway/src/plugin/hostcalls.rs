@@ -347,18 +347,31 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
 
 /// Property values: strings as bytes, numbers as 8-byte little-endian (as Envoy does).
 fn property(st: &mut HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
-    let key = String::from_utf8_lossy(path).replace('\0', ".");
-    if let Some(v) = st.properties_mut().and_then(|p| p.get(&key).cloned()) {
+    // The path's segments are NUL-separated; properties are named with dots. Short
+    // paths (all of them in practice) are rewritten on the stack: this runs for every
+    // property read of every request.
+    let mut buf = [0u8; 128];
+    let short = buf.get_mut(..path.len()).and_then(|b| {
+        for (d, &c) in b.iter_mut().zip(path) {
+            *d = if c == 0 { b'.' } else { c };
+        }
+        std::str::from_utf8(b).ok()
+    });
+    let key: std::borrow::Cow<'_, str> = match short {
+        Some(k) => k.into(),
+        None => String::from_utf8_lossy(path).replace('\0', ".").into(),
+    };
+    if let Some(v) = st.properties_mut().and_then(|p| p.get(&*key).cloned()) {
         return Ok(v);
     }
     let s = |v: &str| Ok(v.as_bytes().to_vec());
-    match key.as_str() {
+    match &*key {
         "plugin_name" | "plugin_vm_id" => return Ok(st.plugin.as_bytes().to_vec()),
         "plugin_root_id" => return s(""),
         _ => {}
     }
     if let Some(info) = st.info() {
-        match key.as_str() {
+        match &*key {
             "source.address" => {
                 return info
                     .client
@@ -384,7 +397,7 @@ fn property(st: &mut HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
         }
     }
     let req = st.request_mut().ok_or(Status::NotFound)?;
-    match key.as_str() {
+    match &*key {
         "request.path" => s(req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")),
         "request.url_path" => s(req.uri.path()),
         "request.query" => s(req.uri.query().unwrap_or("")),

@@ -479,7 +479,18 @@ impl RateLimit {
     /// The client's IP as counted: IPv4 as is, IPv6 masked to `ipv6_prefix` bits.
     fn client_ip(&self, req: &dyn RequestInfo) -> Option<String> {
         Some(match req.client_ip()?.to_canonical() {
-            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V4(v4) => {
+                // By hand: Ipv4Addr's Display (core::fmt) was a third of this
+                // policy's cost per request in wasm.
+                let mut s = String::with_capacity(15);
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        s.push('.');
+                    }
+                    push_u64(&mut s, u64::from(octet));
+                }
+                s
+            }
             IpAddr::V6(v6) if self.ipv6_prefix == 128 => v6.to_string(),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & self.ipv6_mask);

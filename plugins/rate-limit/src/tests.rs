@@ -1180,3 +1180,15 @@ fn hashed_identities_are_sixteen_lower_case_hex_digits() {
         })
     );
 }
+
+#[test]
+fn ipv4_keys_are_written_as_dotted_decimal() {
+    let limiter = policy(json!({"limit": 5, "window": "1s", "key": "ip"}));
+    for ip in ["0.0.0.0", "10.0.0.1", "192.168.255.9", "255.255.255.255"] {
+        let req = MockRequest::get("/").client(&format!("{ip}:5555"));
+        assert_eq!(limiter.client_ip(&req).as_deref(), Some(ip));
+    }
+    // IPv4-mapped IPv6 counts as the IPv4 address.
+    let req = MockRequest::get("/").client("[::ffff:10.1.2.3]:80");
+    assert_eq!(limiter.client_ip(&req).as_deref(), Some("10.1.2.3"));
+}
