@@ -38,12 +38,7 @@ fn memory(c: &mut C<'_>) -> Option<Memory> {
 /// Copies `len` bytes at `ptr` out of guest memory.
 fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
     let mem = memory(c).ok_or(Status::InternalFailure)?;
-    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    let end = ptr.checked_add(len).ok_or(Status::BadArgument)?;
-    mem.data(&c)
-        .get(ptr..end)
-        .map(|s| s.to_vec())
-        .ok_or(Status::BadArgument)
+    slice(mem.data(&c), ptr, len).map(<[u8]>::to_vec)
 }
 
 /// The guest's memory and the host state together, for host calls that use the guest's

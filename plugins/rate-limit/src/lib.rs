@@ -395,12 +395,7 @@ impl Policy for RateLimit {
             ALLOWED.inc();
             if self.headers {
                 let mut var = String::with_capacity(32);
-                for (i, n) in numbers.into_iter().enumerate() {
-                    if i > 0 {
-                        var.push(' ');
-                    }
-                    push_u64(&mut var, n);
-                }
+                push_u64s(&mut var, ' ', numbers);
                 req.set_var(VAR, &var);
             }
             return Decision::Continue;
@@ -438,13 +433,11 @@ impl RateLimit {
     fn store_key(&self, req: &dyn RequestInfo, scope: &str) -> Option<String> {
         // Built with push_str, not format!: this runs on every request, and core::fmt
         // is slow in wasm.
-        let key = |parts: &[&str], value: Option<&str>| {
+        let key = |kind: &str, value: Option<&str>| {
             let mut k = String::with_capacity(scope.len() + 16 + value.map_or(0, str::len));
             k.push_str(scope);
-            for p in parts {
-                k.push(':');
-                k.push_str(p);
-            }
+            k.push(':');
+            k.push_str(kind);
             if let Some(v) = value {
                 k.push(':');
                 push_identity(&mut k, v);
@@ -466,12 +459,12 @@ impl RateLimit {
             }
         };
         match (found, self.on_missing_key) {
-            (Some((kind, value)), _) => Some(key(&[kind], Some(value))),
+            (Some((kind, value)), _) => Some(key(kind, Some(value))),
             (None, OnMissingKey::Ip) => Some(match self.client_ip(req) {
-                Some(ip) => key(&["ip"], Some(&ip)),
-                None => key(&["none"], None),
+                Some(ip) => key("ip", Some(&ip)),
+                None => key("none", None),
             }),
-            (None, OnMissingKey::Shared) => Some(key(&["none"], None)),
+            (None, OnMissingKey::Shared) => Some(key("none", None)),
             (None, OnMissingKey::Allow | OnMissingKey::Deny) => None,
         }
     }
@@ -483,12 +476,7 @@ impl RateLimit {
                 // By hand: Ipv4Addr's Display (core::fmt) was a third of this
                 // policy's cost per request in wasm.
                 let mut s = String::with_capacity(15);
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        s.push('.');
-                    }
-                    push_u64(&mut s, u64::from(octet));
-                }
+                push_u64s(&mut s, '.', v4.octets().map(u64::from));
                 s
             }
             IpAddr::V6(v6) if self.ipv6_prefix == 128 => v6.to_string(),
@@ -963,6 +951,16 @@ fn push_identity(out: &mut String, value: &str) {
     for shift in (0..16).rev() {
         let nibble = (hash >> (shift * 4)) & 0xf;
         out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
+}
+
+/// Appends `numbers` in decimal, `sep` between them, to `out`.
+fn push_u64s(out: &mut String, sep: char, numbers: impl IntoIterator<Item = u64>) {
+    for (i, n) in numbers.into_iter().enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        push_u64(out, n);
     }
 }
 
