@@ -10,7 +10,9 @@
 //!    the JSON error body ([`crate::error`]).
 //! 6. `logging`: metrics and the access-log line.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -203,32 +205,38 @@ fn apply_edits(h: &mut impl EditableHead, edits: &HeaderEdits) -> Result<()> {
 }
 
 /// Writes a complete response that Weir produced itself.
-async fn respond(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
+///
+/// Boxed: pingora's write futures are large, and each hook that may answer would
+/// otherwise carry their size in its own future, allocated and copied on every request
+/// (async-trait boxes every hook call) for the few requests that are answered here.
+fn respond<'a>(
+    session: &'a mut Session,
+    ctx: &'a mut RequestCtx,
     status: u16,
-    headers: &[(HeaderName, HeaderValue)],
+    headers: &'a [(HeaderName, HeaderValue)],
     content_type: Option<&'static str>,
     body: Bytes,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
-    if let Some(ct) = content_type {
-        resp.insert_header(CONTENT_TYPE, ct)?;
-    }
-    for (n, v) in headers {
-        resp.append_header(n.clone(), v.clone())?;
-    }
-    resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-    ctx.local_status = Some(status);
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), body.is_empty() || head_only)
-        .await?;
-    if !body.is_empty() && !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+        if let Some(ct) = content_type {
+            resp.insert_header(CONTENT_TYPE, ct)?;
+        }
+        for (n, v) in headers {
+            resp.append_header(n.clone(), v.clone())?;
+        }
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        ctx.local_status = Some(status);
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), body.is_empty() || head_only)
+            .await?;
+        if !body.is_empty() && !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Writes a plugin's local response (headers were checked by the host).

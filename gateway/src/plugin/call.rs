@@ -2,6 +2,8 @@
 //! configured upstream: HTTP/1.1, over TLS when the upstream says so (its SNI and
 //! verification settings), one connection per call, bounded in time and size.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 
 use pingora::connectors::TransportConnector;
@@ -15,7 +17,17 @@ const MAX_RESPONSE: usize = 1 << 20;
 
 /// Makes the call; a failure (no healthy target, refused, timeout, malformed or oversized
 /// answer) is a response without status, as Envoy reports it to the plugin.
-pub async fn perform(snap: &Snapshot, call: &PendingCall) -> CallResponse {
+///
+/// Boxed: the connector's future is large, and the request hook that awaits a call would
+/// otherwise carry its size, allocated and copied on every request, calls or not.
+pub fn perform<'a>(
+    snap: &'a Snapshot,
+    call: &'a PendingCall,
+) -> Pin<Box<dyn Future<Output = CallResponse> + Send + 'a>> {
+    Box::pin(make(snap, call))
+}
+
+async fn make(snap: &Snapshot, call: &PendingCall) -> CallResponse {
     let Some(up) = snap.upstreams.iter().find(|u| *u.name == *call.upstream) else {
         return CallResponse::default();
     };
@@ -63,16 +75,14 @@ async fn exchange(
     );
     s.write_all(&head).await?;
     s.write_all(&call.body).await?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
+    let mut buf = Vec::with_capacity(8192);
     loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
+        buf.reserve(4096);
+        if s.read_buf(&mut buf).await? == 0 {
             // Close-delimited (or cut short): whatever is complete now is the answer.
             return parse(&buf, true)
                 .ok_or_else(|| std::io::Error::other("malformed call response"));
         }
-        buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_RESPONSE {
             return Err(std::io::Error::other("call response too large"));
         }
