@@ -4,6 +4,33 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// Appends the text form of `ip` (as `Display` writes it). IPv4, the common case, is
+/// written by hand: `core::fmt` was 1.6k instructions of each proxied request's
+/// `x-forwarded-for`.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// `"10.0.0.0/8"`, `"::1/128"` or a bare IP (a /32 or /128).
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -71,6 +98,29 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut ips: Vec<IpAddr> = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Every octet value in every position.
+        ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 2, o.wrapping_mul(7)])));
+        for ip in ips {
+            let mut out = b"x, ".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}").into_bytes());
+        }
+    }
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {

@@ -47,6 +47,11 @@ const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+// The same names for lookups: a `&str` key is parsed on every `get`, a `HeaderName` is not.
+const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+const X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
 
 /// The proxy service. Holds only shared, read-mostly state; everything about one
 /// request lives in [`RequestCtx`].
@@ -68,7 +73,7 @@ impl WeirProxy {
         }
     }
 
-    fn next_request_id(&self) -> String {
+    fn next_request_id(&self) -> HeaderValue {
         request_id(
             self.id_prefix,
             self.id_counter.fetch_add(1, Ordering::Relaxed),
@@ -78,15 +83,22 @@ impl WeirProxy {
 
 /// 32 hex digits: the process prefix, then a counter. Written by hand: `format!`
 /// showed up in the request path's profile.
-fn request_id(prefix: u64, n: u64) -> String {
+fn request_id(prefix: u64, n: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
+    let mut out = Vec::with_capacity(32);
     for v in [prefix, n] {
         for j in 0..16 {
-            out.push(HEX[((v >> (60 - 4 * j)) & 0xf) as usize] as char);
+            out.push(HEX[((v >> (60 - 4 * j)) & 0xf) as usize]);
         }
     }
-    out
+    HeaderValue::from_maybe_shared(Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A request id as text (always ASCII: generated in hex, or checked by
+/// [`sane_request_id`]).
+fn id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or_default()
 }
 
 /// Per-request state.
@@ -95,7 +107,9 @@ pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     route: Option<usize>,
     matched_len: usize,
-    request_id: String,
+    /// Kept as a header value: it is written into the upstream request and the response,
+    /// and cloning it shares its bytes.
+    request_id: HeaderValue,
     client_ip: Option<IpAddr>,
     /// The connection's peer (the client, or a proxy in front of it).
     peer_ip: Option<IpAddr>,
@@ -226,7 +240,7 @@ fn respond<'a>(
             resp.append_header(n.clone(), v.clone())?;
         }
         resp.insert_header(CONTENT_LENGTH, body.len())?;
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         ctx.local_status = Some(status);
         let head_only = session.req_header().method == http::Method::HEAD;
         session
@@ -268,7 +282,7 @@ async fn respond_local(
 
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, kind: ErrorKind) -> Result<()> {
     ctx.error = Some(kind);
-    let body = error::json_body(kind, &ctx.request_id);
+    let body = error::json_body(kind, id_str(&ctx.request_id));
     respond(
         session,
         ctx,
@@ -295,7 +309,7 @@ impl ProxyHttp for WeirProxy {
             snapshot: None,
             route: None,
             matched_len: 0,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             client_ip: None,
             peer_ip: None,
             tried: 0,
@@ -324,9 +338,9 @@ impl ProxyHttp for WeirProxy {
         // have no route and do not need it afterwards.
         let snap = self.gateway.current.load_full();
 
-        match session.req_header().headers.get(X_REQUEST_ID) {
+        match session.req_header().headers.get(X_REQUEST_ID_NAME) {
             Some(v) if sane_request_id(v) => {
-                ctx.request_id = v.to_str().unwrap_or_default().to_string();
+                ctx.request_id = v.clone();
             }
             _ => {
                 ctx.request_id = self.next_request_id();
@@ -349,7 +363,7 @@ impl ProxyHttp for WeirProxy {
                     session
                         .req_header()
                         .headers
-                        .get(X_FORWARDED_FOR)
+                        .get(X_FORWARDED_FOR_NAME)
                         .map(|v| v.as_bytes()),
                 )
             }
@@ -389,7 +403,7 @@ impl ProxyHttp for WeirProxy {
             let info = RequestInfo {
                 client: client_addr(session, ctx.client_ip),
                 route: Some(snap.routes[m.route].name.clone()),
-                request_id: ctx.request_id.clone(),
+                request_id: id_str(&ctx.request_id).to_owned(),
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
                 upstreams: snap.upstream_names.clone(),
             };
@@ -574,26 +588,29 @@ impl ProxyHttp for WeirProxy {
         let peer = ctx.peer_ip;
         let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
         if let Some(p) = peer {
-            let xff = match upstream_request.headers.get(X_FORWARDED_FOR) {
-                Some(prev) if trusted => {
-                    let mut v = prev.as_bytes().to_vec();
+            let mut v = Vec::with_capacity(48);
+            if let Some(prev) = upstream_request.headers.get(X_FORWARDED_FOR_NAME) {
+                if trusted {
+                    v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
-                    v.extend_from_slice(p.to_string().as_bytes());
-                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| {
-                        HeaderValue::from_str(&p.to_string())
-                            .unwrap_or(HeaderValue::from_static(""))
-                    })
                 }
-                _ => HeaderValue::from_str(&p.to_string()).unwrap_or(HeaderValue::from_static("")),
-            };
+            }
+            crate::net::push_ip(&mut v, p);
+            // The previous value was a valid header value, and so is an address after it.
+            let xff = HeaderValue::from_maybe_shared(Bytes::from(v))
+                .map_err(|e| Error::because(InternalError, "x-forwarded-for", e))?;
             upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+        if !(trusted
+            && upstream_request
+                .headers
+                .contains_key(X_FORWARDED_PROTO_NAME))
+        {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             upstream_request
                 .insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
-        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST_NAME)) {
             let host = upstream_request.headers.get(HOST).cloned().or_else(|| {
                 upstream_request
                     .uri
@@ -755,7 +772,7 @@ impl ProxyHttp for WeirProxy {
             }
         }
         ctx.response_body = ctx.plugins.iter().any(|a| a.plugin().config.response_body);
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
                 apply_edits(upstream_response, &route.response_headers)?;
@@ -797,7 +814,11 @@ impl ProxyHttp for WeirProxy {
                 continue;
             }
             if data.len() > plugin.config.max_body_bytes {
-                tracing::warn!(plugin = &*plugin.name, request_id = %ctx.request_id, "response body larger than the plugin's max_body_bytes: response ended");
+                tracing::warn!(
+                    plugin = &*plugin.name,
+                    request_id = id_str(&ctx.request_id),
+                    "response body larger than the plugin's max_body_bytes: response ended"
+                );
                 return Err(Error::explain(
                     InternalError,
                     "response body too large for a plugin",
@@ -962,7 +983,7 @@ impl ProxyHttp for WeirProxy {
             .map(ErrorKind::code);
         self.access_log.log(LogEntry {
             time: SystemTime::now(),
-            request_id: std::mem::take(&mut ctx.request_id),
+            request_id: id_str(&ctx.request_id).to_owned(),
             client_ip: ctx.client_ip,
             method: req.method.as_str().to_string(),
             host: req
