@@ -9,6 +9,7 @@
 #   bash benches/proxy_instructions.sh                  # every variant, 4000 requests
 #   bash benches/proxy_instructions.sh weir weir-1-plugin
 #   REQUESTS=2000 KEEP=1 bash benches/proxy_instructions.sh   # keep the callgrind files
+#   CALLGRIND_ARGS="--separate-callers5=*try_grow*" KEEP=1 bash benches/proxy_instructions.sh weir
 #
 # Needs valgrind, `cargo build --release -p weir -p weir-load -p weir-benches` and
 # `bash scripts/build-plugins.sh`. Each variant: ~10 s.
@@ -85,7 +86,8 @@ measure() { # measure NAME
   esac
   [ "$name" = pingora-baseline ] || cmd=("$work/weir" run --config "$work/$name.toml")
   out="$work/$name.callgrind"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$work/$name.log" 2>&1 &
+  # shellcheck disable=SC2086 # CALLGRIND_ARGS: extra options, split on spaces
+  valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$out" "${cmd[@]}" >"$work/$name.log" 2>&1 &
   vpid=$!
   pids+=($vpid)
   local ready=

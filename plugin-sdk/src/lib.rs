@@ -45,6 +45,8 @@
 //! reloading and testing a policy, and lists the proxy-wasm calls the host must provide.
 #![warn(missing_docs)]
 
+#[cfg(any(test, all(target_arch = "wasm32", feature = "allocator")))]
+mod alloc;
 mod body;
 mod decision;
 mod http;
@@ -191,6 +193,12 @@ macro_rules! export_policy {
         };
     };
 }
+
+/// The policy's allocator in wasm: see `alloc.rs` (why, and how to opt out).
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses<std::alloc::System> =
+    alloc::SizeClasses::new(std::alloc::System);
 
 #[doc(hidden)]
 pub mod __private {

@@ -16,46 +16,60 @@ use crate::metrics::{Histogram, PLUGIN_BUCKETS};
 /// holds the other state plugins share across VMs: queues and counters.
 #[derive(Default)]
 pub struct SharedData {
-    map: RwLock<HashMap<SharedKey, (Vec<u8>, u32)>>,
+    map: RwLock<Spaces>,
     pub queues: SharedQueues,
     pub counters: Counters,
 }
 
-/// (plugin name, key).
+/// The key spaces, by plugin name. Looked up by borrowed name and key, so a get or set
+/// allocates nothing (a set of a new key stores it). Keys are the plugins' to choose,
+/// often from client input (rate-limit keys by header value): the hasher is seeded at
+/// random per map, and much cheaper than SipHash on short keys.
+#[derive(Default)]
+struct Spaces {
+    by_plugin: HashMap<Arc<str>, Space>,
+    /// Keys of all spaces.
+    keys: usize,
+}
+
+/// (plugin name, key): the key of queues and counters.
 type SharedKey = (Arc<str>, Vec<u8>);
+
+type Space = HashMap<Box<[u8]>, (Vec<u8>, u32), foldhash::fast::RandomState>;
 
 /// Keys beyond this are refused, so a plugin cannot grow host memory without bound.
 const MAX_SHARED_KEYS: usize = 100_000;
 
 impl SharedData {
-    pub fn get(&self, ns: &Arc<str>, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.map.read().get(&(ns.clone(), key.to_vec())).cloned()
+    pub fn get(&self, ns: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        self.map.read().by_plugin.get(ns)?.get(key).cloned()
     }
 
     /// Stores `value` if `cas` is 0 or matches the current CAS.
     pub fn set(&self, ns: &Arc<str>, key: &[u8], value: &[u8], cas: u32) -> Status {
-        let mut map = self.map.write();
-        let k = (ns.clone(), key.to_vec());
-        match map.get_mut(&k) {
-            Some((v, current)) => {
-                if cas != 0 && cas != *current {
-                    return Status::CasMismatch;
-                }
-                *v = value.to_vec();
-                *current = current.wrapping_add(1).max(1);
-                Status::Ok
+        let mut spaces = self.map.write();
+        let Spaces { by_plugin, keys } = &mut *spaces;
+        if let Some((v, current)) = by_plugin.get_mut(&**ns).and_then(|s| s.get_mut(key)) {
+            if cas != 0 && cas != *current {
+                return Status::CasMismatch;
             }
-            None => {
-                if cas != 0 {
-                    return Status::CasMismatch;
-                }
-                if map.len() >= MAX_SHARED_KEYS {
-                    return Status::InternalFailure;
-                }
-                map.insert(k, (value.to_vec(), 1));
-                Status::Ok
-            }
+            v.clear();
+            v.extend_from_slice(value);
+            *current = current.wrapping_add(1).max(1);
+            return Status::Ok;
         }
+        if cas != 0 {
+            return Status::CasMismatch;
+        }
+        if *keys >= MAX_SHARED_KEYS {
+            return Status::InternalFailure;
+        }
+        *keys += 1;
+        by_plugin
+            .entry(ns.clone())
+            .or_default()
+            .insert(key.into(), (value.to_vec(), 1));
+        Status::Ok
     }
 }
 
