@@ -82,6 +82,11 @@ pub struct Vm {
     ticks: u64,
 }
 
+/// Bits of `weir_unused_callbacks`: the module has nothing to do in `proxy_on_log`, and
+/// its `proxy_on_done` would return true (so the host may delete the context at once).
+const UNUSED_ON_LOG: i32 = 1;
+const UNUSED_ON_DONE: i32 = 2;
+
 /// Start-up callbacks (`_initialize`, `on_vm_start`, `on_configure`) get this long.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(2);
 pub const TICK: Duration = Duration::from_millis(1);
@@ -133,7 +138,7 @@ impl Vm {
                 }
             };
         }
-        let exports = Exports {
+        let mut exports = Exports {
             context_create: opt!("proxy_on_context_create")
                 .ok_or("the module does not export proxy_on_context_create")?,
             request_headers: opt!("proxy_on_request_headers"),
@@ -182,6 +187,20 @@ impl Vm {
                     None => "on_configure rejected the plugin configuration (see the plugin's log)"
                         .into(),
                 });
+            }
+        }
+        // Weir extension (ABI.md): callbacks the module does not need, asked once it is
+        // configured. Each one skipped is a guest entry less per request.
+        let unused: Option<TypedFunc<(), i32>> = opt!("weir_unused_callbacks");
+        if let Some(f) = unused {
+            let mask = f
+                .call(&mut store, ())
+                .map_err(|e| format!("weir_unused_callbacks failed: {}", Failure::from_error(e)))?;
+            if mask & UNUSED_ON_LOG != 0 {
+                exports.log = None;
+            }
+            if mask & UNUSED_ON_DONE != 0 {
+                exports.done = None;
             }
         }
         store.data_mut().scope = Scope::default();

@@ -334,10 +334,26 @@ fn plugins_that_cannot_load_are_rejected_with_the_reason() {
         r#"(module (memory (export "memory") 1))"#,
     );
     write(dir.path(), "garbage.wasm", "\0asm this is not wasm");
+    // The `weir_unused_callbacks` extension with another signature, and trapping.
+    let abi = r#"(func (export "proxy_abi_version_0_2_1"))"#;
+    let with =
+        |export: &str| module(CONTINUE, CONTINUE, 1).replace(abi, &format!("{abi}\n  {export}"));
+    write(
+        dir.path(),
+        "unused-signature.wat",
+        &with(r#"(func (export "weir_unused_callbacks") (param i32) (result i32) (i32.const 3))"#),
+    );
+    write(
+        dir.path(),
+        "unused-trap.wat",
+        &with(r#"(func (export "weir_unused_callbacks") (result i32) unreachable)"#),
+    );
     for (file, reason) in [
         ("refuses.wat", "on_configure rejected"),
         ("not-proxy-wasm.wat", "not a proxy-wasm module"),
         ("garbage.wasm", "does not compile"),
+        ("unused-signature.wat", "export weir_unused_callbacks"),
+        ("unused-trap.wat", "weir_unused_callbacks failed"),
     ] {
         let cfg = format!(
             r#"
@@ -562,6 +578,70 @@ plugins = ["add-header", "deny-local"]
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(up.last().unwrap().header("x-filter"), Some("from-config"));
+}
+
+/// A module that exports `weir_unused_callbacks` saying it needs neither `on_log` nor
+/// `on_done` gets neither; the same module configured to say nothing gets both. The
+/// filter counts its calls in shared data and reports them on each response.
+#[test]
+fn callbacks_a_module_declares_unused_are_skipped() {
+    let up = Upstream::with_handler("app", |r| Reply::ok(&r.path));
+    let cfg = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+watch_config = false
+[admin]
+listen = "{{admin}}"
+[access_log]
+output = "off"
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+[[plugins]]
+name = "all"
+wasm = "{wasm}"
+config = "all"
+[[plugins]]
+name = "skip"
+wasm = "{wasm}"
+config = "skip"
+[[routes]]
+name = "all"
+paths = ["/all"]
+upstream = "app"
+plugins = ["all"]
+[[routes]]
+name = "skip"
+paths = ["/skip"]
+upstream = "app"
+plugins = ["skip"]
+"#,
+        up.addr,
+        wasm = built_plugin("test/lifecycle"),
+    );
+    let w = Weir::start(&cfg);
+    let counts = |path: &str| {
+        let r = w.get(path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let n = |h: &str| r.header(h).and_then(|v| v.parse::<u64>().ok());
+        (n("x-logs"), n("x-dones"))
+    };
+    // Earlier requests' on_log and on_done run after their responses: ask until they
+    // show (bounded), then the same number of requests on the other route.
+    let mut asked = 0;
+    let mut all = (Some(0), Some(0));
+    while asked < 50 && all.0 < Some(2) {
+        all = counts("/all");
+        asked += 1;
+    }
+    assert!(
+        all.0 >= Some(2) && all.1 >= Some(2),
+        "all: {all:?} after {asked} requests"
+    );
+    for _ in 0..asked {
+        assert_eq!(counts("/skip"), (Some(0), Some(0)));
+    }
 }
 
 #[test]
