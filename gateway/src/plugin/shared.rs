@@ -27,7 +27,7 @@ pub struct SharedData {
 /// random per map, and much cheaper than SipHash on short keys.
 #[derive(Default)]
 struct Spaces {
-    by_plugin: HashMap<Arc<str>, Space>,
+    by_plugin: HashMap<Arc<str>, Space, foldhash::fast::RandomState>,
     /// Keys of all spaces.
     keys: usize,
 }
