@@ -26,7 +26,7 @@ type Vars = BTreeMap<String, String>;
 
 /// Weir's `weir_unused_callbacks` extension (the gateway's `plugin/ABI.md`): a policy
 /// has no `on_log` hook and its contexts are done when the host is, so `proxy_on_log`
-/// (bit 1) and `proxy_on_done` (bit 2) need not be called: two guest entries fewer per
+/// (value 1) and `proxy_on_done` (value 2) need not be called: two guest entries fewer per
 /// request. Other proxy-wasm hosts ignore the export and call them (they do nothing).
 #[no_mangle]
 pub extern "C" fn weir_unused_callbacks() -> i32 {
