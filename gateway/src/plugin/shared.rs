@@ -32,7 +32,7 @@ struct Spaces {
     keys: usize,
 }
 
-/// (plugin name, key): the key of queues and counters.
+/// (plugin name, key): the key of queues.
 type SharedKey = (Arc<str>, Vec<u8>);
 
 type Space = HashMap<Box<[u8]>, (Vec<u8>, u32), foldhash::fast::RandomState>;
@@ -337,8 +337,17 @@ impl SharedQueues {
     }
 }
 
-/// (plugin name, key) → (value, expiry).
-type CounterMap = HashMap<SharedKey, (i64, Option<std::time::Instant>)>;
+/// Counters by plugin name, then key → (value, expiry); looked up by borrowed name and
+/// key, like shared data.
+#[derive(Default)]
+struct CounterMap {
+    by_plugin: HashMap<Arc<str>, CounterSpace, foldhash::fast::RandomState>,
+    /// Counters of all plugins.
+    keys: usize,
+}
+
+type CounterSpace =
+    HashMap<Box<[u8]>, (i64, Option<std::time::Instant>), foldhash::fast::RandomState>;
 
 /// Counters behind the `weir.counter_add` foreign function: atomic adds (no
 /// compare-and-swap loop in the plugin) with an optional time to live, so fixed-window
@@ -359,23 +368,28 @@ impl Counters {
         ttl: Option<std::time::Duration>,
         now: std::time::Instant,
     ) -> Result<i64, Status> {
-        let mut map = self.map.lock();
-        let k: SharedKey = (ns.clone(), key.to_vec());
-        let live = map
-            .get(&k)
-            .is_some_and(|(_, exp)| exp.is_none_or(|e| now < e));
-        if !live && map.len() >= MAX_SHARED_KEYS {
-            Self::sweep_locked(&mut map, now);
-            if map.len() >= MAX_SHARED_KEYS {
+        let mut guard = self.map.lock();
+        let map = &mut *guard;
+        if let Some(entry) = map.by_plugin.get_mut(&**ns).and_then(|s| s.get_mut(key)) {
+            if entry.1.is_some_and(|e| now >= e) {
+                // Expired: starts again from 0, with a new lifetime.
+                *entry = (0, ttl.map(|t| now + t));
+            }
+            entry.0 = entry.0.saturating_add(delta);
+            return Ok(entry.0);
+        }
+        if map.keys >= MAX_SHARED_KEYS {
+            Self::sweep_locked(map, now);
+            if map.keys >= MAX_SHARED_KEYS {
                 return Err(Status::InternalFailure);
             }
         }
-        let entry = map.entry(k).or_insert((0, None));
-        if !live {
-            *entry = (0, ttl.map(|t| now + t));
-        }
-        entry.0 = entry.0.saturating_add(delta);
-        Ok(entry.0)
+        map.keys += 1;
+        map.by_plugin
+            .entry(ns.clone())
+            .or_default()
+            .insert(key.into(), (delta, ttl.map(|t| now + t)));
+        Ok(delta)
     }
 
     /// Drops expired counters.
@@ -384,7 +398,13 @@ impl Counters {
     }
 
     fn sweep_locked(map: &mut CounterMap, now: std::time::Instant) {
-        map.retain(|_, (_, exp)| exp.is_none_or(|e| now < e));
+        let mut keys = 0;
+        for space in map.by_plugin.values_mut() {
+            space.retain(|_, (_, exp)| exp.is_none_or(|e| now < e));
+            keys += space.len();
+        }
+        map.by_plugin.retain(|_, space| !space.is_empty());
+        map.keys = keys;
     }
 }
 
@@ -423,6 +443,26 @@ mod queue_and_counter_tests {
             assert_eq!(q.enqueue(id, i.to_string().into_bytes()), Status::Ok);
         }
         assert_eq!(q.dequeue(id), Ok(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn counters_are_bounded_and_expired_ones_make_room() {
+        let c = Counters::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let t0 = Instant::now();
+        let ttl = Some(Duration::from_secs(1));
+        for i in 0..MAX_SHARED_KEYS {
+            let ns = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(c.add(ns, &i.to_le_bytes(), 1, ttl, t0), Ok(1));
+        }
+        // Full: an existing counter still counts, a new one is refused while all live.
+        assert_eq!(c.add(&a, &0usize.to_le_bytes(), 1, ttl, t0), Ok(2));
+        assert_eq!(c.add(&a, b"new", 1, None, t0), Err(Status::InternalFailure));
+        // Once they expired, the next new counter sweeps them and fits.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(c.add(&b, b"new", 5, None, later), Ok(5));
+        assert_eq!(c.add(&b, b"new", 1, None, later), Ok(6));
+        assert_eq!(c.map.lock().keys, 1);
     }
 
     #[test]
