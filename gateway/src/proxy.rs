@@ -589,11 +589,13 @@ impl ProxyHttp for WeirProxy {
         let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
         if let Some(p) = peer {
             let mut v = Vec::with_capacity(48);
-            if let Some(prev) = upstream_request.headers.get(X_FORWARDED_FOR_NAME) {
-                if trusted {
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                }
+            // Looked up only when it is believed.
+            let prev = trusted
+                .then(|| upstream_request.headers.get(X_FORWARDED_FOR_NAME))
+                .flatten();
+            if let Some(prev) = prev {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
             }
             crate::net::push_ip(&mut v, p);
             // The previous value was a valid header value, and so is an address after it.

@@ -16,40 +16,83 @@ use crate::metrics::{Histogram, PLUGIN_BUCKETS};
 /// holds the other state plugins share across VMs: queues and counters.
 #[derive(Default)]
 pub struct SharedData {
-    map: RwLock<Spaces>,
+    map: RwLock<KeySpaces<(Vec<u8>, u32)>>,
     pub queues: SharedQueues,
     pub counters: Counters,
 }
 
-/// The key spaces, by plugin name. Looked up by borrowed name and key, so a get or set
-/// allocates nothing (a set of a new key stores it). Keys are the plugins' to choose,
-/// often from client input (rate-limit keys by header value): the hasher is seeded at
-/// random per map, and much cheaper than SipHash on short keys.
-#[derive(Default)]
-struct Spaces {
-    by_plugin: HashMap<Arc<str>, Space, foldhash::fast::RandomState>,
-    /// Keys of all spaces.
+/// Values by plugin name, then by key: the key spaces of shared data and counters.
+/// Looked up by borrowed name and key, so a get or set allocates nothing (storing a new
+/// key copies it). Keys are the plugins' to choose, often from client input (rate-limit
+/// keys by header value): the hasher is seeded at random per map, and much cheaper than
+/// SipHash on short keys.
+struct KeySpaces<V> {
+    by_plugin: HashMap<Arc<str>, Space<V>, Hasher>,
+    /// Keys of all spaces, bounded by `MAX_SHARED_KEYS`.
     keys: usize,
+}
+
+type Space<V> = HashMap<Box<[u8]>, V, Hasher>;
+type Hasher = foldhash::fast::RandomState;
+
+impl<V> Default for KeySpaces<V> {
+    fn default() -> Self {
+        KeySpaces {
+            by_plugin: HashMap::default(),
+            keys: 0,
+        }
+    }
+}
+
+impl<V> KeySpaces<V> {
+    fn get(&self, ns: &str, key: &[u8]) -> Option<&V> {
+        self.by_plugin.get(ns)?.get(key)
+    }
+
+    fn get_mut(&mut self, ns: &str, key: &[u8]) -> Option<&mut V> {
+        self.by_plugin.get_mut(ns)?.get_mut(key)
+    }
+
+    /// Stores a key that is not there yet; false when the spaces are full.
+    fn insert_new(&mut self, ns: &Arc<str>, key: &[u8], value: V) -> bool {
+        if self.keys >= MAX_SHARED_KEYS {
+            return false;
+        }
+        self.keys += 1;
+        self.by_plugin
+            .entry(ns.clone())
+            .or_default()
+            .insert(key.into(), value);
+        true
+    }
+
+    /// Keeps the values `keep` says to, dropping emptied spaces.
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        let mut keys = 0;
+        for space in self.by_plugin.values_mut() {
+            space.retain(|_, v| keep(v));
+            keys += space.len();
+        }
+        self.by_plugin.retain(|_, space| !space.is_empty());
+        self.keys = keys;
+    }
 }
 
 /// (plugin name, key): the key of queues.
 type SharedKey = (Arc<str>, Vec<u8>);
-
-type Space = HashMap<Box<[u8]>, (Vec<u8>, u32), foldhash::fast::RandomState>;
 
 /// Keys beyond this are refused, so a plugin cannot grow host memory without bound.
 const MAX_SHARED_KEYS: usize = 100_000;
 
 impl SharedData {
     pub fn get(&self, ns: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.map.read().by_plugin.get(ns)?.get(key).cloned()
+        self.map.read().get(ns, key).cloned()
     }
 
     /// Stores `value` if `cas` is 0 or matches the current CAS.
     pub fn set(&self, ns: &Arc<str>, key: &[u8], value: &[u8], cas: u32) -> Status {
-        let mut spaces = self.map.write();
-        let Spaces { by_plugin, keys } = &mut *spaces;
-        if let Some((v, current)) = by_plugin.get_mut(&**ns).and_then(|s| s.get_mut(key)) {
+        let mut map = self.map.write();
+        if let Some((v, current)) = map.get_mut(ns, key) {
             if cas != 0 && cas != *current {
                 return Status::CasMismatch;
             }
@@ -61,14 +104,9 @@ impl SharedData {
         if cas != 0 {
             return Status::CasMismatch;
         }
-        if *keys >= MAX_SHARED_KEYS {
+        if !map.insert_new(ns, key, (value.to_vec(), 1)) {
             return Status::InternalFailure;
         }
-        *keys += 1;
-        by_plugin
-            .entry(ns.clone())
-            .or_default()
-            .insert(key.into(), (value.to_vec(), 1));
         Status::Ok
     }
 }
@@ -337,24 +375,15 @@ impl SharedQueues {
     }
 }
 
-/// Counters by plugin name, then key → (value, expiry); looked up by borrowed name and
-/// key, like shared data.
-#[derive(Default)]
-struct CounterMap {
-    by_plugin: HashMap<Arc<str>, CounterSpace, foldhash::fast::RandomState>,
-    /// Counters of all plugins.
-    keys: usize,
-}
-
-type CounterSpace =
-    HashMap<Box<[u8]>, (i64, Option<std::time::Instant>), foldhash::fast::RandomState>;
+/// A counter's value and expiry.
+type Counter = (i64, Option<std::time::Instant>);
 
 /// Counters behind the `weir.counter_add` foreign function: atomic adds (no
 /// compare-and-swap loop in the plugin) with an optional time to live, so fixed-window
 /// counters expire by themselves. One key space per plugin name.
 #[derive(Default)]
 pub struct Counters {
-    map: Mutex<CounterMap>,
+    map: Mutex<KeySpaces<Counter>>,
 }
 
 impl Counters {
@@ -368,9 +397,8 @@ impl Counters {
         ttl: Option<std::time::Duration>,
         now: std::time::Instant,
     ) -> Result<i64, Status> {
-        let mut guard = self.map.lock();
-        let map = &mut *guard;
-        if let Some(entry) = map.by_plugin.get_mut(&**ns).and_then(|s| s.get_mut(key)) {
+        let mut map = self.map.lock();
+        if let Some(entry) = map.get_mut(ns, key) {
             if entry.1.is_some_and(|e| now >= e) {
                 // Expired: starts again from 0, with a new lifetime.
                 *entry = (0, ttl.map(|t| now + t));
@@ -378,17 +406,13 @@ impl Counters {
             entry.0 = entry.0.saturating_add(delta);
             return Ok(entry.0);
         }
-        if map.keys >= MAX_SHARED_KEYS {
-            Self::sweep_locked(map, now);
-            if map.keys >= MAX_SHARED_KEYS {
+        let new = (delta, ttl.map(|t| now + t));
+        if !map.insert_new(ns, key, new) {
+            Self::sweep_locked(&mut map, now);
+            if !map.insert_new(ns, key, new) {
                 return Err(Status::InternalFailure);
             }
         }
-        map.keys += 1;
-        map.by_plugin
-            .entry(ns.clone())
-            .or_default()
-            .insert(key.into(), (delta, ttl.map(|t| now + t)));
         Ok(delta)
     }
 
@@ -397,14 +421,8 @@ impl Counters {
         Self::sweep_locked(&mut self.map.lock(), now);
     }
 
-    fn sweep_locked(map: &mut CounterMap, now: std::time::Instant) {
-        let mut keys = 0;
-        for space in map.by_plugin.values_mut() {
-            space.retain(|_, (_, exp)| exp.is_none_or(|e| now < e));
-            keys += space.len();
-        }
-        map.by_plugin.retain(|_, space| !space.is_empty());
-        map.keys = keys;
+    fn sweep_locked(map: &mut KeySpaces<Counter>, now: std::time::Instant) {
+        map.retain(|(_, exp)| exp.is_none_or(|e| now < e));
     }
 }
 

@@ -417,17 +417,10 @@ impl Policy for RateLimit {
 
     fn on_response(&self, req: &dyn RequestInfo, resp: &mut dyn Response) -> Decision {
         if let Some(values) = req.var(VAR) {
-            // Split by hand: `str::split` searches with memchr, a third of this hook's
-            // cost in wasm for three short numbers.
-            let mut parts = Some(values);
-            for name in HEADER_NAMES {
-                let Some(rest) = parts else { break };
-                let (value, next) = match rest.bytes().position(|b| b == b' ') {
-                    Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                    None => (rest, None),
-                };
+            // Split on `[' ']`, not `' '`: a single char pattern searches with memchr,
+            // a third of this hook's cost in wasm for three short numbers.
+            for (name, value) in HEADER_NAMES.iter().zip(values.split([' '])) {
                 resp.headers_mut().set(name, value);
-                parts = next;
             }
         }
         Decision::Continue
