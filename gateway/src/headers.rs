@@ -1,7 +1,9 @@
 //! Header writes shared by route edits and plugins.
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::request::Parts as ReqParts;
+use http::response::Parts as RespParts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
@@ -37,3 +39,91 @@ macro_rules! editable_head {
 }
 editable_head!(RequestHeader);
 editable_head!(ResponseHeader);
+
+/// A request or response head whose header map the gateway writes its own headers to.
+pub trait Head {
+    /// Drops pingora's record of header-name case and gives `f` the header map to edit
+    /// in place (see [`write`]).
+    fn edit_map(&mut self, f: impl FnOnce(&mut HeaderMap));
+    /// Pingora's insert, which records the name's case.
+    fn insert_cased(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+}
+
+/// Writes the gateway's own headers (`x-request-id`, `x-forwarded-*`) to a head.
+///
+/// Unless `keep_case` (the `preserve_header_case` setting), the head first loses
+/// pingora's record of header-name case, and each header is one insert into the
+/// `HeaderMap`. Pingora's `insert_header` costs about 2k instructions per header: it
+/// copies a non-standard name, parses it, and inserts into two maps (the values and the
+/// case), growing both. Without the case record, pingora writes names to an HTTP/1 peer
+/// as `http` keeps them (lower case, but for the dozen it titles, such as `Host` and
+/// `Content-Type`), as Envoy does by default and as HTTP/2 always does. Later writes to
+/// the head (plugins, route edits) then skip the case map too. With nothing to write,
+/// the record is still dropped.
+pub fn write<H: Head, const N: usize>(
+    head: &mut H,
+    keep_case: bool,
+    headers: [Option<(HeaderName, HeaderValue)>; N],
+) -> Result<()> {
+    if keep_case {
+        for (name, value) in headers.into_iter().flatten() {
+            head.insert_cased(name, value)?;
+        }
+    } else {
+        head.edit_map(|map| {
+            map.reserve(N);
+            for (name, value) in headers.into_iter().flatten() {
+                map.insert(name, value);
+            }
+        });
+    }
+    Ok(())
+}
+
+impl Head for RequestHeader {
+    fn edit_map(&mut self, f: impl FnOnce(&mut HeaderMap)) {
+        let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let old = std::mem::replace(self, empty);
+        // A target the parts cannot hold (absolute-form, or not UTF-8) is put back from
+        // its raw bytes.
+        let raw = (Some(old.raw_path()) != old.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+            .then(|| old.raw_path().to_vec());
+        let end_stream = old.send_end_stream();
+        let mut parts = ReqParts::from(old);
+        f(&mut parts.headers);
+        *self = RequestHeader::from(parts);
+        if let Some(raw) = raw {
+            // It was a valid target when pingora parsed it.
+            let _ = self.set_raw_path(&raw);
+        }
+        if let Some(end) = end_stream {
+            self.set_send_end_stream(end);
+        }
+    }
+
+    fn insert_cased(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+}
+
+impl Head for ResponseHeader {
+    fn edit_map(&mut self, f: impl FnOnce(&mut HeaderMap)) {
+        let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        let old = std::mem::replace(self, empty);
+        // Kept only when the peer sent its own: the canonical one is pingora's default.
+        let reason = old
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != old.status.canonical_reason())
+            .map(str::to_owned);
+        let mut parts = RespParts::from(old);
+        f(&mut parts.headers);
+        *self = ResponseHeader::from(parts);
+        if let Some(reason) = reason {
+            let _ = self.set_reason_phrase(Some(&reason));
+        }
+    }
+
+    fn insert_cased(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+}

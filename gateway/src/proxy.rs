@@ -29,7 +29,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
-use crate::headers::EditableHead;
+use crate::headers::{self, EditableHead};
 use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo, Verdict, Views};
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
 use crate::upstream::{InflightGuard, NoTarget, Upstream};
@@ -338,16 +338,21 @@ impl ProxyHttp for WeirProxy {
         // have no route and do not need it afterwards.
         let snap = self.gateway.current.load_full();
 
-        match session.req_header().headers.get(X_REQUEST_ID_NAME) {
+        let new_id = match session.req_header().headers.get(X_REQUEST_ID_NAME) {
             Some(v) if sane_request_id(v) => {
                 ctx.request_id = v.clone();
+                false
             }
             _ => {
                 ctx.request_id = self.next_request_id();
-                let id = ctx.request_id.clone();
-                session.req_header_mut().insert_header(X_REQUEST_ID, id)?;
+                true
             }
-        }
+        };
+        // The downstream head loses its header-name case here, before pingora clones it
+        // for the upstream and plugins write to it (`headers::write`).
+        let keep_case = snap.config.server.preserve_header_case;
+        let id = new_id.then(|| (X_REQUEST_ID_NAME, ctx.request_id.clone()));
+        headers::write(session.req_header_mut(), keep_case, [id])?;
 
         let peer = session
             .client_addr()
@@ -587,42 +592,41 @@ impl ProxyHttp for WeirProxy {
         // Forwarding headers: believe the client's only when the peer is a trusted proxy.
         let peer = ctx.peer_ip;
         let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
-        if let Some(p) = peer {
+        let h = &upstream_request.headers;
+        let xff = peer.map(|p| {
             let mut v = Vec::with_capacity(48);
             // Looked up only when it is believed.
-            let prev = trusted
-                .then(|| upstream_request.headers.get(X_FORWARDED_FOR_NAME))
-                .flatten();
-            if let Some(prev) = prev {
+            if let Some(prev) = trusted.then(|| h.get(X_FORWARDED_FOR_NAME)).flatten() {
                 v.extend_from_slice(prev.as_bytes());
                 v.extend_from_slice(b", ");
             }
             crate::net::push_ip(&mut v, p);
-            // The previous value was a valid header value, and so is an address after it.
-            let xff = HeaderValue::from_maybe_shared(Bytes::from(v))
-                .map_err(|e| Error::because(InternalError, "x-forwarded-for", e))?;
-            upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
-        }
-        if !(trusted
-            && upstream_request
-                .headers
-                .contains_key(X_FORWARDED_PROTO_NAME))
-        {
+            v
+        });
+        // The previous value was a valid header value, and so is an address after it.
+        let xff = xff
+            .map(|v| HeaderValue::from_maybe_shared(Bytes::from(v)))
+            .transpose()
+            .map_err(|e| Error::because(InternalError, "x-forwarded-for", e))?;
+        let proto = (!(trusted && h.contains_key(X_FORWARDED_PROTO_NAME))).then(|| {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            upstream_request
-                .insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST_NAME)) {
-            let host = upstream_request.headers.get(HOST).cloned().or_else(|| {
-                upstream_request
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-            if let Some(h) = host {
-                upstream_request.insert_header(X_FORWARDED_HOST, h)?;
-            }
-        }
+            HeaderValue::from_static(if tls { "https" } else { "http" })
+        });
+        let host = (!(trusted && h.contains_key(X_FORWARDED_HOST_NAME)))
+            .then(|| {
+                h.get(HOST).cloned().or_else(|| {
+                    let authority = upstream_request.uri.authority()?;
+                    HeaderValue::from_str(authority.as_str()).ok()
+                })
+            })
+            .flatten();
+        let forwarding = [
+            xff.map(|v| (X_FORWARDED_FOR_NAME, v)),
+            proto.map(|v| (X_FORWARDED_PROTO_NAME, v)),
+            host.map(|v| (X_FORWARDED_HOST_NAME, v)),
+        ];
+        let keep_case = snap.config.server.preserve_header_case;
+        headers::write(upstream_request, keep_case, forwarding)?;
         if !route.request_headers.is_empty() {
             apply_edits(upstream_request, &route.request_headers)?;
         }
@@ -746,6 +750,14 @@ impl ProxyHttp for WeirProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Written first: the head loses its header-name case here, so the plugins'
+        // writes skip it too (`headers::write`).
+        let keep_case = ctx
+            .snapshot
+            .as_deref()
+            .is_some_and(|s| s.config.server.preserve_header_case);
+        let id = Some((X_REQUEST_ID_NAME, ctx.request_id.clone()));
+        headers::write(upstream_response, keep_case, [id])?;
         // Plugins see the response in reverse chain order, as in Envoy.
         if let Some(info) = &ctx.plugin_info {
             for a in ctx.plugins.iter().rev() {
@@ -774,7 +786,6 @@ impl ProxyHttp for WeirProxy {
             }
         }
         ctx.response_body = ctx.plugins.iter().any(|a| a.plugin().config.response_body);
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(route) = route_of(ctx.snapshot.as_deref(), ctx.route) {
             if !route.response_headers.is_empty() {
                 apply_edits(upstream_response, &route.response_headers)?;

@@ -235,6 +235,8 @@ pub fn weir_check(config: &str) -> (bool, String) {
 #[derive(Debug, Clone)]
 pub struct Resp {
     pub status: u16,
+    /// The status line's reason phrase.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -364,11 +366,12 @@ pub fn read_response(r: &mut impl BufRead, head: bool) -> std::io::Result<Resp> 
             "connection closed before a response",
         ));
     }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
+    let mut status_line = line.trim_end().splitn(3, ' ').skip(1);
+    let status: u16 = status_line
+        .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+    let reason = status_line.next().unwrap_or("").to_string();
     let headers = read_headers(r)?;
     let find = |n: &str| {
         headers
@@ -389,6 +392,7 @@ pub fn read_response(r: &mut impl BufRead, head: bool) -> std::io::Result<Resp> 
     }
     Ok(Resp {
         status,
+        reason,
         headers,
         body,
     })

@@ -270,6 +270,85 @@ fn forwarding_headers_extend_trusted_chain() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 }
 
+/// Header names written by the client, the upstream, the gateway and route edits, as
+/// each peer sees them on the wire; and what `preserve_header_case` leaves alone.
+#[test]
+fn header_names_go_out_lower_case_unless_preserved() {
+    let up = Upstream::with_handler("echo", |_| {
+        Reply::Send(
+            200,
+            vec![("X-Upstream-Thing".into(), "b".into())],
+            b"ok".to_vec(),
+        )
+    });
+    let names = |headers: &[(String, String)]| -> Vec<String> {
+        let mut n: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+        n.sort();
+        n
+    };
+    let mut seen_targets = Vec::new();
+    for preserve in [false, true] {
+        let cfg = config(up.addr).replace(
+            "[server]\n",
+            &format!("[server]\npreserve_header_case = {preserve}\n"),
+        );
+        let w = Weir::start(&cfg);
+        let r = Req::get("/svc/x?q=1")
+            .header("X-Custom-Thing", "a")
+            .header("User-Agent", "t")
+            .send(w.addr)
+            .unwrap();
+        assert_eq!(r.status, 200);
+        // The test upstream answers `200 X`: its own reason phrase goes through.
+        assert_eq!(r.reason, "X");
+        let seen = up.last().unwrap();
+        let (up_names, client_names) = (names(&seen.headers), names(&r.headers));
+        if preserve {
+            for n in ["X-Custom-Thing", "User-Agent", "Host"] {
+                assert!(up_names.contains(&n.to_string()), "{n} in {up_names:?}");
+            }
+            assert!(client_names.contains(&"X-Upstream-Thing".to_string()));
+        } else {
+            for n in ["x-custom-thing", "user-agent", "Host", "x-forwarded-for"] {
+                assert!(up_names.contains(&n.to_string()), "{n} in {up_names:?}");
+            }
+            assert!(!up_names.contains(&"X-Custom-Thing".to_string()));
+            for n in [
+                "x-upstream-thing",
+                "x-request-id",
+                "x-route",
+                "Content-Length",
+            ] {
+                assert!(
+                    client_names.contains(&n.to_string()),
+                    "{n} in {client_names:?}"
+                );
+            }
+        }
+        // Either way, every header arrives once, with its value.
+        assert_eq!(seen.header("x-custom-thing"), Some("a"));
+        assert_eq!(seen.header("x-added"), Some("1"));
+        assert_eq!(
+            seen.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+                .count(),
+            1
+        );
+        assert_eq!(r.header("x-upstream-thing"), Some("b"));
+        assert_eq!(r.header("x-route"), Some("strip"));
+        assert_eq!(r.header("x-request-id").map(str::len), Some(32));
+        // A target the parts of a head cannot hold keeps its bytes: absolute-form.
+        let mut c = Conn::open(w.addr).unwrap();
+        let raw = b"GET http://test.local/svc/abs?z=%C3%A9 HTTP/1.1\r\nHost: test.local\r\n\r\n";
+        let r = c.send_raw(raw, false).unwrap();
+        assert_eq!(r.status, 200);
+        seen_targets.push(up.last().unwrap().path);
+    }
+    // Both modes forward the same target.
+    assert_eq!(seen_targets[0], seen_targets[1], "{seen_targets:?}");
+}
+
 #[test]
 fn content_length_with_transfer_encoding_is_rejected() {
     let (w, up) = setup();
