@@ -78,7 +78,9 @@ fn main() -> Result<(), String> {
         .map(|s| load(&host, s))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut req = RequestHeader::build("GET", b"/", None).map_err(|e| e.to_string())?;
+    // Without pingora's header-case record, as the proxy leaves heads before plugins
+    // run (`preserve_header_case = false`, `weir::headers::write`).
+    let mut req = RequestHeader::build_no_case("GET", b"/", None).map_err(|e| e.to_string())?;
     for (n, v) in [
         ("host", "127.0.0.1:8080"),
         ("user-agent", "weir-load"),
@@ -87,7 +89,7 @@ fn main() -> Result<(), String> {
     ] {
         req.insert_header(n, v).map_err(|e| e.to_string())?;
     }
-    let mut resp = ResponseHeader::build(200, None).map_err(|e| e.to_string())?;
+    let mut resp = ResponseHeader::build_no_case(200, None).map_err(|e| e.to_string())?;
     for (n, v) in [
         ("content-length", "13"),
         ("date", "Thu, 26 Nov 2026 15:00:00 GMT"),

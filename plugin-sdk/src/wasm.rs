@@ -20,18 +20,28 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::SystemTime;
 
 type Vars = BTreeMap<String, String>;
 
 /// Weir's `weir_unused_callbacks` extension (the gateway's `plugin/ABI.md`): a policy
 /// has no `on_log` hook and its contexts are done when the host is, so `proxy_on_log`
-/// (value 1) and `proxy_on_done` (value 2) need not be called: two guest entries fewer per
-/// request. Other proxy-wasm hosts ignore the export and call them (they do nothing).
+/// (value 1) and `proxy_on_done` (value 2) need not be called, nor
+/// `proxy_on_response_headers` (value 4) when [`Policy::uses_response`] says so: guest
+/// entries fewer per request. Other proxy-wasm hosts ignore the export and call them
+/// (they do nothing).
 #[no_mangle]
 pub extern "C" fn weir_unused_callbacks() -> i32 {
-    1 | 2
+    UNUSED.load(Ordering::Relaxed)
 }
+
+const UNUSED_ON_LOG: i32 = 1;
+const UNUSED_ON_DONE: i32 = 2;
+const UNUSED_ON_RESPONSE_HEADERS: i32 = 4;
+
+/// What [`weir_unused_callbacks`] answers; `on_configure` adds the response bit.
+static UNUSED: AtomicI32 = AtomicI32::new(UNUSED_ON_LOG | UNUSED_ON_DONE);
 
 /// The body of `_initialize`: logging, then the root context factory.
 pub fn start<P: Policy>() {
@@ -75,6 +85,12 @@ impl<P: Policy> RootContext for Root<P> {
         };
         match configure::<P>(config.as_deref()) {
             Ok(policy) => {
+                let response = if policy.uses_response() {
+                    0
+                } else {
+                    UNUSED_ON_RESPONSE_HEADERS
+                };
+                UNUSED.store(UNUSED_ON_LOG | UNUSED_ON_DONE | response, Ordering::Relaxed);
                 self.policy = Some(Rc::new(policy));
                 true
             }

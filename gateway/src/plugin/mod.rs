@@ -490,6 +490,13 @@ impl Plugin {
         if slot.generation != a.generation {
             return self.error_verdict();
         }
+        let Some(vm) = slot.vm.as_mut() else {
+            return self.error_verdict();
+        };
+        // Not exported, or declared unused (`weir_unused_callbacks`): no call to count.
+        if !vm.calls_response_headers() {
+            return Verdict::Continue;
+        }
         let started = Instant::now();
         let num = v
             .response
@@ -497,9 +504,6 @@ impl Plugin {
             .map(|r| r.headers.len() + 1)
             .unwrap_or(0);
         let scope = Self::scope(Phase::ResponseHeaders, v);
-        let Some(vm) = slot.vm.as_mut() else {
-            return self.error_verdict();
-        };
         let r = vm.response_headers(scope, a.context, num, false);
         self.stats
             .count_call(shared::PHASE_RESPONSE_HEADERS, started.elapsed());

@@ -82,10 +82,12 @@ pub struct Vm {
     ticks: u64,
 }
 
-/// Bits of `weir_unused_callbacks`: the module has nothing to do in `proxy_on_log`, and
-/// its `proxy_on_done` would return true (so the host may delete the context at once).
+/// Bits of `weir_unused_callbacks`: the module has nothing to do in `proxy_on_log`; its
+/// `proxy_on_done` would return true (so the host may delete the context at once); it
+/// has nothing to do in `proxy_on_response_headers`.
 const UNUSED_ON_LOG: i32 = 1;
 const UNUSED_ON_DONE: i32 = 2;
+const UNUSED_ON_RESPONSE_HEADERS: i32 = 4;
 
 /// Start-up callbacks (`_initialize`, `on_vm_start`, `on_configure`) get this long.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(2);
@@ -202,6 +204,9 @@ impl Vm {
             if mask & UNUSED_ON_DONE != 0 {
                 exports.done = None;
             }
+            if mask & UNUSED_ON_RESPONSE_HEADERS != 0 {
+                exports.response_headers = None;
+            }
         }
         store.data_mut().scope = Scope::default();
         Ok(Vm {
@@ -317,6 +322,11 @@ impl Vm {
             action != ACTION_CONTINUE,
             self.store.data_mut().local_response.take(),
         ))
+    }
+
+    /// Whether the module has a response-headers callback to call.
+    pub fn calls_response_headers(&self) -> bool {
+        self.exports.response_headers.is_some()
     }
 
     pub fn response_headers(

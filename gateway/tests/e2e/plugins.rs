@@ -606,6 +606,10 @@ config = "all"
 name = "skip"
 wasm = "{wasm}"
 config = "skip"
+[[plugins]]
+name = "skip-response"
+wasm = "{wasm}"
+config = "skip-response"
 [[routes]]
 name = "all"
 paths = ["/all"]
@@ -616,6 +620,11 @@ name = "skip"
 paths = ["/skip"]
 upstream = "app"
 plugins = ["skip"]
+[[routes]]
+name = "skip-response"
+paths = ["/skip-response"]
+upstream = "app"
+plugins = ["skip-response"]
 "#,
         up.addr,
         wasm = built_plugin("test/lifecycle"),
@@ -642,6 +651,15 @@ plugins = ["skip"]
     for _ in 0..asked {
         assert_eq!(counts("/skip"), (Some(0), Some(0)));
     }
+    // The response hook, declared unused too, is not called: it would set the headers.
+    assert_eq!(counts("/skip-response"), (None, None));
+    let calls = w
+        .metric(r#"weir_plugin_call_duration_seconds_count{plugin="skip-response",phase="response_headers"}"#)
+        .unwrap_or(0.0);
+    assert_eq!(calls, 0.0);
+    assert!(w
+        .metric(r#"weir_plugin_call_duration_seconds_count{plugin="skip-response",phase="request_headers"}"#)
+        .is_some_and(|n| n >= 1.0));
 }
 
 #[test]

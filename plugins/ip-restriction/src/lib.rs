@@ -133,6 +133,11 @@ impl Policy for IpRestriction {
         })
     }
 
+    /// No response hook: Weir need not call it.
+    fn uses_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         let allowed = match req.client_ip() {
             Some(ip) => self.allows(ip),

@@ -274,6 +274,11 @@ impl Policy for JwtAuth {
         })
     }
 
+    /// No response hook: Weir need not call it.
+    fn uses_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         // Whatever happens next, a client never supplies these.
         let headers = req.headers_mut();

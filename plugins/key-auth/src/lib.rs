@@ -202,6 +202,11 @@ impl Policy for KeyAuth {
         })
     }
 
+    /// No response hook: Weir need not call it.
+    fn uses_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         // Before anything else: a client must never pass for a consumer.
         req.headers_mut().remove(CONSUMER_HEADER);

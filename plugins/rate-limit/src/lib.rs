@@ -366,6 +366,11 @@ impl Policy for RateLimit {
         }
     }
 
+    /// The response hook only writes the `RateLimit-*` headers.
+    fn uses_response(&self) -> bool {
+        self.headers
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         let rate = req
             .consumer()

@@ -554,6 +554,9 @@ fn headers_false_sends_only_retry_after() {
     let mut resp = MockResponse::new(200);
     assert!(p.on_response(&r, &mut resp).is_continue());
     assert!(resp.headers().pairs().is_empty());
+    // So Weir need not call the response hook at all; with headers it must.
+    assert!(!p.uses_response());
+    assert!(policy(json!({"limit": 1, "window": "1m"})).uses_response());
     let d = denied(&p, req(&store, 0));
     assert_eq!(d.response_header("retry-after"), Some("60"));
     assert!(HEADER_NAMES.iter().all(|n| d.response_header(n).is_none()));

@@ -108,6 +108,11 @@ impl Policy for RequestSizeLimit {
         Ok(RequestSizeLimit { max })
     }
 
+    /// No response hook: Weir need not call it.
+    fn uses_response(&self) -> bool {
+        false
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         match declared_length(req) {
             Some(n) if n > self.max => self.refuse(req),

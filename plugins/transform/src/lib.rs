@@ -217,6 +217,11 @@ impl Policy for Transform {
         Ok(t)
     }
 
+    /// The response hook runs only when there are response edits.
+    fn uses_response(&self) -> bool {
+        !self.response_headers.is_empty()
+    }
+
     fn on_request(&self, req: &mut dyn Request) -> Decision {
         apply_headers(&self.request_headers, req.headers_mut());
         if let Some(op) = &self.path {

@@ -297,3 +297,20 @@ fn every_config_error_is_reported_at_once() {
         "{e}"
     );
 }
+
+#[test]
+fn the_response_hook_is_declared_used_only_with_response_edits() {
+    let request_only = policy(json!({"request": {"headers": {"set": {"x-a": "1"}}}}));
+    assert!(!request_only.uses_response());
+    // What Weir then skips changes nothing.
+    let mut resp = MockResponse::new(200).header("x-a", "up");
+    assert!(request_only
+        .on_response(&MockRequest::get("/"), &mut resp)
+        .is_continue());
+    assert_eq!(
+        resp.headers().pairs(),
+        [("x-a".to_string(), "up".to_string())]
+    );
+    let both = policy(json!({"response": {"headers": {"set": {"x-a": "1"}}}}));
+    assert!(both.uses_response());
+}

@@ -2,7 +2,8 @@
 //! data and reports the counts so far as `x-logs` / `x-dones` response headers. With
 //! the configuration `"skip"` it also tells Weir, through the `weir_unused_callbacks`
 //! extension, that it needs neither call: the e2e test checks that Weir then makes
-//! neither, and makes both otherwise.
+//! neither, and makes both otherwise. With `"skip-response"` it declares its response
+//! hook unused as well, and Weir must not call it: the response then has no counts.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -29,7 +30,10 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        if String::from_utf8_lossy(&config).contains("skip") {
+        let config = String::from_utf8_lossy(&config);
+        if config.contains("skip-response") {
+            UNUSED.store(1 | 2 | 4, Ordering::Relaxed);
+        } else if config.contains("skip") {
             UNUSED.store(1 | 2, Ordering::Relaxed);
         }
         true
