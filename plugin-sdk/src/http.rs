@@ -18,9 +18,8 @@ pub const CONSUMER_PROPERTY: [&str; 2] = ["weir", "consumer"];
 /// [`get_all`](Headers::get_all), and cannot be written here: use
 /// [`Request::set_path`] and friends.
 ///
-/// Writes the gateway would refuse are refused here first, so they never reach the
-/// host (where proxy-wasm would turn the refusal into a trap): see
-/// [`validate_header`]. A refused write is logged at warn level and ignored.
+/// Writes the gateway refuses (see [`validate_header`]) are logged at warn level with
+/// the reason, and ignored: never a trap.
 pub trait Headers {
     /// The value of `name`. For a repeated header it is the host's answer to
     /// `proxy_get_header_map_value`: Weir (and the mock host) join the values with

@@ -45,12 +45,15 @@
 //! reloading and testing a policy, and lists the proxy-wasm calls the host must provide.
 #![warn(missing_docs)]
 
+#[cfg(target_arch = "wasm32")]
+mod abi;
 #[cfg(any(test, all(target_arch = "wasm32", feature = "allocator")))]
 mod alloc;
 mod body;
 mod decision;
 mod http;
 pub mod metrics;
+mod pairs;
 pub mod query;
 mod store;
 pub mod testing;
@@ -197,9 +200,10 @@ macro_rules! export_policy {
         // In an anonymous const so the export needs no docs in the policy's crate.
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            $crate::__private::proxy_wasm::main! {{
-                $crate::__private::start::<$policy>();
-            }}
+            #[no_mangle]
+            pub extern "C" fn _initialize() {
+                $crate::__private::initialize::<$policy>();
+            }
         };
     };
 }
@@ -214,9 +218,7 @@ static ALLOCATOR: alloc::SizeClasses<std::alloc::System> =
 pub mod __private {
     //! Used by the expansion of [`export_policy!`](crate::export_policy); not an API.
     #[cfg(target_arch = "wasm32")]
-    pub use crate::wasm::start;
-    #[cfg(target_arch = "wasm32")]
-    pub use proxy_wasm;
+    pub use crate::wasm::initialize;
 }
 
 /// The README's Rust blocks run as doctests.

@@ -142,35 +142,27 @@ const fn valid_name(name: &str) -> bool {
 /// The proxy-wasm calls behind [`Counter`].
 #[cfg(target_arch = "wasm32")]
 mod host {
-    // `proxy_wasm::hostcalls::define_metric` panics (traps the VM) on any status but
-    // `Ok`, and Weir answers `BadArgument` once a plugin has 1,000 metrics: the import
-    // is declared here to turn that into a logged, uncounted metric instead.
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_define_metric(kind: u32, name: *const u8, len: usize, id: *mut u32) -> u32;
-    }
+    use crate::abi;
 
-    /// proxy-wasm's `MetricType::Counter` and `Status::Ok`.
+    /// proxy-wasm's `MetricType::Counter`.
     const COUNTER: u32 = 0;
-    const OK: u32 = 0;
 
+    /// Weir answers `BadArgument` once a plugin has 1,000 metrics: that becomes a
+    /// logged, uncounted metric.
     pub(super) fn define_counter(name: &str) -> Option<u32> {
-        let mut id = 0u32;
-        // SAFETY: `name` is valid for `len` bytes and `id` for a u32 write during the
-        // call; the host copies the name and writes only the id.
-        let status = unsafe { proxy_define_metric(COUNTER, name.as_ptr(), name.len(), &mut id) };
-        if status == OK {
-            Some(id)
-        } else {
-            log::warn!("metric `{name}` refused by the host (status {status}): not counted");
-            None
+        match abi::define_metric(COUNTER, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                log::warn!("metric `{name}` refused by the host (status {status}): not counted");
+                None
+            }
         }
     }
 
     pub(super) fn increment(id: u32, delta: i64) {
         // Fails only if the host forgot the id (NotFound) or it is not a counter: a
         // lost count, nothing to do about it on the request path.
-        let _ = proxy_wasm::hostcalls::increment_metric(id, delta);
+        let _ = abi::increment_metric(id, delta);
     }
 }
 

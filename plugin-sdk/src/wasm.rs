@@ -1,27 +1,25 @@
-//! The proxy-wasm adapter: the root and HTTP contexts `export_policy!` registers, and
-//! the request, response and store views backed by host calls. wasm32 only (the host
-//! calls are imports that exist only inside a proxy-wasm host).
+//! The policy adapter: the root and HTTP contexts `export_policy!` registers with the
+//! ABI layer ([`crate::abi`]), and the request, response and store views backed by host
+//! calls. wasm32 only (the host calls are imports that exist only inside a proxy-wasm
+//! host).
 //!
-//! Every host call goes through the `proxy-wasm` crate, which panics (so the VM traps)
-//! on a status it does not expect. The views therefore check writes first (the
-//! gateway's rules, `validate_header` and friends) and only call the host in the phase
-//! the call belongs to.
+//! The views check writes first (the gateway's rules, `validate_header` and friends)
+//! and only call the host in the phase the call belongs to; a status the host returns
+//! is logged or turned into an error, never a trap.
 
+use crate::abi::{self, HeaderWrite};
 use crate::http::{
     join_target, split_target, validate_consumer, validate_header, validate_header_name,
     validate_path, validate_query, Headers, Request, RequestInfo, Response, CONSUMER_PROPERTY,
 };
 use crate::store::{Entry, SharedStore, StoreError};
 use crate::{configure, Body, BodyAccess, Decision, Policy};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 type Vars = BTreeMap<String, String>;
 
@@ -43,41 +41,81 @@ const UNUSED_ON_RESPONSE_HEADERS: i32 = 4;
 /// What [`weir_unused_callbacks`] answers; `on_configure` adds the response bit.
 static UNUSED: AtomicI32 = AtomicI32::new(UNUSED_ON_LOG | UNUSED_ON_DONE);
 
-/// The body of `_initialize`: logging, then the root context factory.
-pub fn start<P: Policy>() {
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root::<P> { policy: None })
-    });
+/// The body of `_initialize`: the C runtime's constructors (wasi-libc's, as a WASI
+/// reactor runs them), then the policy's contexts, registered with the ABI layer.
+pub fn initialize<P: Policy>() {
+    #[cfg(target_os = "wasi")]
+    {
+        extern "C" {
+            fn __wasm_call_ctors();
+        }
+        // SAFETY: the linker-made constructor list, run once, before anything else.
+        unsafe { __wasm_call_ctors() }
+    }
+    abi::register(Box::new(Contexts::<P> {
+        roots: Vec::new(),
+        http: Vec::new(),
+    }));
 }
 
-fn log(level: LogLevel, message: &str) {
-    // proxy_log only fails on a broken host; nothing better to do then.
-    let _ = hostcalls::log(level, message);
+fn log(level: u32, message: &str) {
+    abi::log(level, message);
 }
 
-/// One per plugin configuration: holds the policy built in `on_configure`.
-struct Root<P> {
-    policy: Option<Rc<P>>,
+/// Every live context of the VM. A host runs a handful of requests at once per VM, so
+/// a vector searched from its newest end beats any map.
+struct Contexts<P> {
+    /// Root contexts (one per plugin configuration) and the policy each built.
+    roots: Vec<(u32, Option<Rc<P>>)>,
+    /// HTTP contexts, one per request.
+    http: Vec<(u32, Http<P>)>,
 }
 
-impl<P> Context for Root<P> {}
+impl<P> Contexts<P> {
+    fn http(&mut self, id: u32) -> Option<&mut Http<P>> {
+        self.http
+            .iter_mut()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|(_, h)| h)
+    }
+}
 
-impl<P: Policy> RootContext for Root<P> {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let config = if plugin_configuration_size == 0 {
+impl<P: Policy> abi::Filter for Contexts<P> {
+    fn create(&mut self, id: u32, root: u32) {
+        if root == 0 {
+            self.roots.push((id, None));
+            return;
+        }
+        // A root the host never created (a broken host) serves the first policy.
+        let policy = self
+            .roots
+            .iter()
+            .find(|(r, _)| *r == root)
+            .or(self.roots.first())
+            .and_then(|(_, p)| p.clone());
+        self.http.push((
+            id,
+            Http {
+                policy,
+                vars: Vars::new(),
+                answered: false,
+                body: BodyAccess::Ignore,
+                seen: 0,
+            },
+        ));
+    }
+
+    fn configure(&mut self, root: u32, size: usize) -> bool {
+        let config = if size == 0 {
             None
         } else {
-            match hostcalls::get_buffer(
-                BufferType::PluginConfiguration,
-                0,
-                plugin_configuration_size,
-            ) {
-                Ok(bytes) => bytes,
+            match abi::buffer(abi::PLUGIN_CONFIGURATION, 0, size) {
+                Ok(bytes) => Some(bytes),
                 Err(status) => {
                     log(
-                        LogLevel::Error,
-                        &format!("cannot read the plugin configuration: {status:?}"),
+                        abi::ERROR,
+                        &format!("cannot read the plugin configuration (status {status})"),
                     );
                     return false;
                 }
@@ -91,32 +129,42 @@ impl<P: Policy> RootContext for Root<P> {
                     UNUSED_ON_RESPONSE_HEADERS
                 };
                 UNUSED.store(UNUSED_ON_LOG | UNUSED_ON_DONE | response, Ordering::Relaxed);
-                self.policy = Some(Rc::new(policy));
+                let policy = Some(Rc::new(policy));
+                match self.roots.iter_mut().find(|(r, _)| *r == root) {
+                    Some((_, p)) => *p = policy,
+                    None => self.roots.push((root, policy)),
+                }
                 true
             }
             Err(e) => {
                 // The previous policy (if any) stays: the host keeps the old config.
-                log(
-                    LogLevel::Error,
-                    &format!("{}: {e}", std::any::type_name::<P>()),
-                );
+                log(abi::ERROR, &format!("{}: {e}", std::any::type_name::<P>()));
                 false
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            policy: self.policy.clone(),
-            vars: Vars::new(),
-            answered: false,
-            body: BodyAccess::Ignore,
-            seen: 0,
-        }))
+    fn request_headers(&mut self, id: u32, _headers: usize, end: bool) -> u32 {
+        self.http(id)
+            .map_or(abi::CONTINUE, |h| h.on_request_headers(end))
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn request_body(&mut self, id: u32, size: usize, end: bool) -> u32 {
+        self.http(id)
+            .map_or(abi::CONTINUE, |h| h.on_request_body(size, end))
+    }
+
+    fn response_headers(&mut self, id: u32, _headers: usize, _end: bool) -> u32 {
+        self.http(id)
+            .map_or(abi::CONTINUE, |h| h.on_response_headers())
+    }
+
+    fn delete(&mut self, id: u32) {
+        if let Some(i) = self.http.iter().rposition(|(i, _)| *i == id) {
+            self.http.swap_remove(i);
+        } else {
+            self.roots.retain(|(r, _)| *r != id);
+        }
     }
 }
 
@@ -132,10 +180,8 @@ struct Http<P> {
     seen: usize,
 }
 
-impl<P> Context for Http<P> {}
-
-impl<P: Policy> HttpContext for Http<P> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl<P: Policy> Http<P> {
+    fn on_request_headers(&mut self, end_of_stream: bool) -> u32 {
         let Http {
             policy, vars, body, ..
         } = self;
@@ -149,7 +195,7 @@ impl<P: Policy> HttpContext for Http<P> {
             }
             None => {
                 log(
-                    LogLevel::Error,
+                    abi::ERROR,
                     "request reached a plugin whose configuration failed",
                 );
                 Decision::error(
@@ -163,7 +209,7 @@ impl<P: Policy> HttpContext for Http<P> {
         self.apply(decision)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
         let Http {
             policy: Some(policy),
             vars,
@@ -172,13 +218,13 @@ impl<P: Policy> HttpContext for Http<P> {
             answered: false,
         } = self
         else {
-            return Action::Continue;
+            return abi::CONTINUE;
         };
         match body {
-            BodyAccess::Ignore => return Action::Continue,
+            BodyAccess::Ignore => return abi::CONTINUE,
             BodyAccess::Chunks => *seen = seen.saturating_add(body_size),
             // Held by the host until the end; then `body_size` is all of it.
-            BodyAccess::Whole if !end_of_stream => return Action::Pause,
+            BodyAccess::Whole if !end_of_stream => return abi::PAUSE,
             BodyAccess::Whole => *seen = body_size,
         }
         let view = HostBody {
@@ -190,13 +236,13 @@ impl<P: Policy> HttpContext for Http<P> {
         self.apply(decision)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self) -> u32 {
         if self.answered {
-            return Action::Continue;
+            return abi::CONTINUE;
         }
         let Http { policy, vars, .. } = self;
         let Some(policy) = policy else {
-            return Action::Continue;
+            return abi::CONTINUE;
         };
         let decision = policy.on_response(&HostRequest::new(vars), &mut HostResponse::new());
         self.apply(decision)
@@ -204,9 +250,9 @@ impl<P: Policy> HttpContext for Http<P> {
 }
 
 impl<P> Http<P> {
-    fn apply(&mut self, decision: Decision) -> Action {
+    fn apply(&mut self, decision: Decision) -> u32 {
         match decision {
-            Decision::Continue => Action::Continue,
+            Decision::Continue => abi::CONTINUE,
             Decision::Respond {
                 status,
                 headers,
@@ -216,7 +262,7 @@ impl<P> Http<P> {
                     status
                 } else {
                     log(
-                        LogLevel::Error,
+                        abi::ERROR,
                         &format!("local response status {status} is not 200-599; sending 500"),
                     );
                     500
@@ -225,12 +271,12 @@ impl<P> Http<P> {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
-                let body = (!body.is_empty()).then_some(body.as_slice());
                 self.answered = true;
-                if let Err(s) = hostcalls::send_http_response(u32::from(status), headers, body) {
-                    log(LogLevel::Error, &format!("local response refused: {s:?}"));
+                let s = abi::send_local_response(u32::from(status), &headers, &body);
+                if s != abi::OK {
+                    log(abi::ERROR, &format!("local response refused (status {s})"));
                 }
-                Action::Pause
+                abi::PAUSE
             }
         }
     }
@@ -262,23 +308,20 @@ fn text(bytes: Vec<u8>) -> String {
 
 /// A header map of the current HTTP context.
 struct HostHeaders {
-    map: MapType,
+    map: u32,
 }
 
 impl Headers for HostHeaders {
     fn get(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(self.map, &lower(name))
-            .ok()
-            .flatten()
-            .map(text)
+        abi::header(self.map, &lower(name)).ok().map(text)
     }
 
     fn pairs(&self) -> Vec<(String, String)> {
-        hostcalls::get_map_bytes(self.map)
+        abi::header_pairs(self.map)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(n, _)| !n.starts_with(':'))
-            .map(|(n, v)| (n, text(v)))
+            .filter(|(n, _)| !n.starts_with(b":"))
+            .map(|(n, v)| (text(n), text(v)))
             .collect()
     }
 
@@ -295,55 +338,18 @@ impl Headers for HostHeaders {
     }
 }
 
-#[derive(Clone, Copy)]
-enum HeaderWrite {
-    Replace,
-    Add,
-    Remove,
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_replace_header_map_value(
-        map: MapType,
-        key: *const u8,
-        key_len: usize,
-        value: *const u8,
-        value_len: usize,
-    ) -> u32;
-    fn proxy_add_header_map_value(
-        map: MapType,
-        key: *const u8,
-        key_len: usize,
-        value: *const u8,
-        value_len: usize,
-    ) -> u32;
-    fn proxy_remove_header_map_value(map: MapType, key: *const u8, key_len: usize) -> u32;
-}
-
 /// One header write, straight to the host: it checks the name and value with the same
 /// rules as [`validate_header`] (and lower-cases the name), so the SDK does not run them
 /// a second time on every write; only a refused write is checked here, to log why.
 /// Pseudo-headers are refused here: the path goes through `set_path`/`set_query`, which
 /// keep the request view in step.
-fn header_write(map: MapType, op: HeaderWrite, name: &str, value: &str) {
+fn header_write(map: u32, op: HeaderWrite, name: &str, value: &str) {
     let status = if name.starts_with(':') {
         u32::MAX
     } else {
-        let (k, v) = (name.as_ptr(), value.as_ptr());
-        // SAFETY: the pointers and lengths describe live slices for the whole call; the
-        // host only reads them.
-        unsafe {
-            match op {
-                HeaderWrite::Replace => {
-                    proxy_replace_header_map_value(map, k, name.len(), v, value.len())
-                }
-                HeaderWrite::Add => proxy_add_header_map_value(map, k, name.len(), v, value.len()),
-                HeaderWrite::Remove => proxy_remove_header_map_value(map, k, name.len()),
-            }
-        }
+        abi::header_write(map, op, name, value)
     };
-    if status == 0 {
+    if status == abi::OK {
         return;
     }
     let why = match op {
@@ -356,10 +362,21 @@ fn header_write(map: MapType, op: HeaderWrite, name: &str, value: &str) {
     );
 }
 
+/// A property by its path's segments; absent or empty reads as `None`.
 fn property(path: &[&str]) -> Option<String> {
-    hostcalls::get_property(path.to_vec())
+    // Serialized on the stack: NUL-separated segments.
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    for (i, seg) in path.iter().enumerate() {
+        let sep = usize::from(i > 0);
+        let end = len + sep + seg.len();
+        let dst = buf.get_mut(len + sep..end)?;
+        dst.copy_from_slice(seg.as_bytes());
+        len = end;
+    }
+    abi::property(&buf[..len])
         .ok()
-        .flatten()
+        .filter(|v| !v.is_empty())
         .map(text)
 }
 
@@ -380,7 +397,7 @@ impl<'a> HostRequest<'a> {
     fn new(vars: &'a mut Vars) -> HostRequest<'a> {
         HostRequest {
             headers: HostHeaders {
-                map: MapType::HttpRequestHeaders,
+                map: abi::REQUEST_HEADERS,
             },
             vars,
             target: OnceCell::new(),
@@ -399,7 +416,7 @@ impl<'a> HostRequest<'a> {
     }
 
     fn write_target(&mut self, target: String) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&target));
+        let _ = abi::header_write(abi::REQUEST_HEADERS, HeaderWrite::Replace, ":path", &target);
         self.target = OnceCell::from(target);
     }
 }
@@ -464,7 +481,9 @@ impl RequestInfo for HostRequest<'_> {
     }
 
     fn now(&self) -> SystemTime {
-        hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+        abi::now_ns().map_or(SystemTime::UNIX_EPOCH, |ns| {
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+        })
     }
 }
 
@@ -489,7 +508,8 @@ impl Request for HostRequest<'_> {
 
     fn set_consumer(&mut self, name: &str) {
         if !refused("consumer", validate_consumer(name)) {
-            let _ = hostcalls::set_property(CONSUMER_PROPERTY.to_vec(), Some(name.as_bytes()));
+            let path = CONSUMER_PROPERTY.join("\0");
+            let _ = abi::set_property(path.as_bytes(), name.as_bytes());
             self.consumer = OnceCell::from(Some(name.to_string()));
         }
     }
@@ -509,7 +529,7 @@ impl HostResponse {
     fn new() -> HostResponse {
         HostResponse {
             headers: HostHeaders {
-                map: MapType::HttpResponseHeaders,
+                map: abi::RESPONSE_HEADERS,
             },
             status: OnceCell::new(),
         }
@@ -540,11 +560,13 @@ struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let (value, cas) = hostcalls::get_shared_data(key).map_err(unavailable)?;
-        Ok(value.map(|value| Entry {
-            value,
-            cas: cas.unwrap_or(0),
-        }))
+        match abi::shared_data(key) {
+            Ok((value, cas)) => Ok(Some(Entry { value, cas })),
+            Err(abi::NOT_FOUND) => Ok(None),
+            Err(s) => Err(StoreError::Unavailable(format!(
+                "the host refused the read (status {s})"
+            ))),
+        }
     }
 
     fn compare_and_swap(
@@ -562,33 +584,11 @@ impl SharedStore for HostStore {
     }
 }
 
-fn unavailable(status: Status) -> StoreError {
-    StoreError::Unavailable(format!("{status:?}"))
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_set_shared_data(
-        key: *const u8,
-        key_len: usize,
-        value: *const u8,
-        value_len: usize,
-        cas: u32,
-    ) -> u32;
-}
-
-/// `proxy_set_shared_data` called directly: the proxy-wasm crate's wrapper panics (so
-/// the VM traps) on any status but `Ok` and `CasMismatch`, and a full or refusing store
-/// must be a [`StoreError`] the policy decides about, not a crash.
+/// A full or refusing store is a [`StoreError`] the policy decides about, not a crash.
 fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-    // SAFETY: the pointers and lengths describe live slices for the whole call; the
-    // host only reads them.
-    let status =
-        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
-    match status {
-        0 => Ok(()),
-        // proxy-wasm's `CasMismatch`.
-        8 => Err(StoreError::CasMismatch),
+    match abi::set_shared_data(key, value, cas) {
+        abi::OK => Ok(()),
+        abi::CAS_MISMATCH => Err(StoreError::CasMismatch),
         s => Err(StoreError::Unavailable(format!(
             "the host refused the write (status {s})"
         ))),
@@ -616,9 +616,6 @@ impl Body for HostBody {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, self.len)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        abi::buffer(abi::REQUEST_BODY, 0, self.len).unwrap_or_default()
     }
 }
