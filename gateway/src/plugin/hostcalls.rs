@@ -260,6 +260,11 @@ enum Edit {
     Remove,
 }
 
+/// Most headers a plugin may grow a head to. `http`'s `HeaderMap` panics past 32,768
+/// entries (pingora's `insert_header` uses the panicking insert): a plugin adding names
+/// in a loop gets `BadArgument` long before that.
+const MAX_HEADERS: usize = 4096;
+
 /// Applies one header write; the request's `:path` and `:method` are writable.
 fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) -> Status {
     let key = key.to_ascii_lowercase();
@@ -313,10 +318,16 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     };
     let head: &mut dyn EditableHead = match map {
         abi::MAP_REQUEST_HEADERS => match st.request_mut() {
+            Some(req) if req.headers.len() >= MAX_HEADERS && edit != Edit::Remove => {
+                return Status::BadArgument
+            }
             Some(req) => req,
             None => return Status::NotFound,
         },
         _ => match st.response_mut() {
+            Some(resp) if resp.headers.len() >= MAX_HEADERS && edit != Edit::Remove => {
+                return Status::BadArgument
+            }
             Some(resp) => resp,
             None => return Status::NotFound,
         },

@@ -72,8 +72,9 @@ fn local_plugin() -> String {
     )
 }
 
-/// Calls the newer host services with bad arguments; any status other than the one
-/// expected traps (`unreachable`, so a 500). All as expected: a local 418.
+/// Calls the newer host services with bad arguments, and adds headers without end; any
+/// status other than the one expected traps (`unreachable`, so a 500). All as expected:
+/// a local 418.
 fn services_plugin() -> String {
     let expect = |call: &str, status: i32| {
         format!("(if (i32.ne {call} (i32.const {status})) (then unreachable))\n    ")
@@ -95,9 +96,22 @@ fn services_plugin() -> String {
         expect("(call $get_buffer (i32.const 99) (i32.const 0) (i32.const 10) (i32.const 200) (i32.const 204))", 2),
     ]
     .concat();
+    // A header bomb: distinct names `x-aaa`, `x-baa`... added until the host refuses
+    // (BadArgument), which must happen before 17,000 (http's map panics at 32,768).
+    let bomb = r#"(i32.store8 (i32.const 300) (i32.const 120))
+    (i32.store8 (i32.const 301) (i32.const 45))
+    (loop $add
+      (i32.store8 (i32.const 302) (i32.add (i32.const 97) (i32.rem_u (local.get $i) (i32.const 26))))
+      (i32.store8 (i32.const 303) (i32.add (i32.const 97) (i32.rem_u (i32.div_u (local.get $i) (i32.const 26)) (i32.const 26))))
+      (i32.store8 (i32.const 304) (i32.add (i32.const 97) (i32.div_u (local.get $i) (i32.const 676))))
+      (local.set $s (call $replace (i32.const 0) (i32.const 300) (i32.const 5) (i32.const 16) (i32.const 4)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $add (i32.and (i32.eqz (local.get $s)) (i32.lt_u (local.get $i) (i32.const 17000)))))
+    (if (i32.ne (local.get $s) (i32.const 2)) (then unreachable))
+    "#;
     module(
         &format!(
-            "{checks}(drop (call $local (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))\n    (i32.const 1)"
+            "(local $i i32) (local $s i32)\n    {checks}{bomb}(drop (call $local (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))\n    (i32.const 1)"
         ),
         CONTINUE,
         1,
@@ -151,6 +165,7 @@ wasm = "unsupported.wat"
 [[plugins]]
 name = "services"
 wasm = "services.wat"
+cpu_limit = "5s"
 
 [[routes]]
 name = "headers"

@@ -63,9 +63,7 @@ impl HttpContext for Inspect {
         if !end_of_stream {
             return Action::Pause;
         }
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
         let head = String::from_utf8_lossy(&body[..body.len().min(16)]).into_owned();
         let seen = format!("{} bytes: {head}", body.len());
         let _ = self.set_shared_data("response-seen", Some(seen.as_bytes()), None);
@@ -74,11 +72,7 @@ impl HttpContext for Inspect {
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
         // Tells the test whether the headers callback knew the request had no body.
-        let eos = if self.headers_eos {
-            "headers-eos"
-        } else {
-            "body-follows"
-        };
+        let eos = if self.headers_eos { "headers-eos" } else { "body-follows" };
         self.set_http_response_header("x-request-shape", Some(eos));
         Action::Continue
     }
