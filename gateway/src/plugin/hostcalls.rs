@@ -83,18 +83,22 @@ fn give(
     ret_ptr: i32,
     ret_len: i32,
 ) -> Result<Status, wasmtime::Error> {
-    let Some(alloc) = c.data().alloc.clone() else {
+    // Taken for the call and put back, not cloned: a clone of a typed function is two
+    // reference counts up and down. An allocator that calls back into a getter finds
+    // none (InternalFailure) rather than recursing.
+    let Some(alloc) = c.data_mut().alloc.take() else {
         return Ok(Status::InternalFailure);
     };
     let addr = if bytes.is_empty() {
-        0
+        Ok(0)
     } else {
-        let a = alloc.call(&mut *c, bytes.len() as i32)?;
-        if a == 0 {
-            return Ok(Status::InternalFailure);
-        }
-        a
+        alloc.call(&mut *c, bytes.len() as i32)
     };
+    c.data_mut().alloc = Some(alloc);
+    let addr = addr?;
+    if addr == 0 && !bytes.is_empty() {
+        return Ok(Status::InternalFailure);
+    }
     let r = (|| {
         if !bytes.is_empty() {
             write(c, addr, bytes)?;
@@ -367,7 +371,10 @@ fn property(st: &mut HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
         Some(k) => k.into(),
         None => String::from_utf8_lossy(path).replace('\0', ".").into(),
     };
-    if let Some(v) = st.properties_mut().and_then(|p| p.get(&*key).cloned()) {
+    if let Some(v) = st
+        .properties_mut()
+        .and_then(|p| p.get(&key).map(<[u8]>::to_vec))
+    {
         return Ok(v);
     }
     let s = |v: &str| Ok(v.as_bytes().to_vec());
@@ -679,11 +686,19 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 (Ok(p), Ok(v)) => (p, v),
                 (Err(s), _) | (_, Err(s)) => return s as i32,
             };
-            let key = String::from_utf8_lossy(&path).replace('\0', ".");
+            // Segments are NUL-separated; properties are named with dots.
+            let dotted: Vec<u8> = path
+                .iter()
+                .map(|&b| if b == 0 { b'.' } else { b })
+                .collect();
+            let key = String::from_utf8_lossy(&dotted);
             match c.data_mut().properties_mut() {
-                Some(props) if props.len() < 256 && value.len() <= 64 * 1024 => {
-                    props.insert(key, value);
-                    Status::Ok as i32
+                Some(props) if value.len() <= 64 * 1024 => {
+                    if props.set(&key, value) {
+                        Status::Ok as i32
+                    } else {
+                        Status::BadArgument as i32
+                    }
                 }
                 Some(_) => Status::BadArgument as i32,
                 None => Status::NotFound as i32,

@@ -1,7 +1,6 @@
 //! What a plugin VM's store holds: limits, the plugin's identity and configuration, and
 //! the *scope* of the callback in progress (the request or response it may touch).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -85,7 +84,40 @@ pub struct CallResponse {
 
 /// Properties set by plugins during one request (`proxy_set_property`), readable by
 /// later plugins and by the gateway (for example `weir.consumer`).
-pub type Properties = HashMap<String, Vec<u8>>;
+///
+/// A request carries a few (usually just the consumer), at most [`Properties::MAX`]: a
+/// vector searched in order costs less than hashing each name with SipHash.
+#[derive(Debug, Default, Clone)]
+pub struct Properties(Vec<(String, Vec<u8>)>);
+
+impl Properties {
+    /// Most properties one request may carry; a plugin setting more gets `BadArgument`.
+    pub const MAX: usize = 256;
+
+    pub fn new() -> Properties {
+        Properties(Vec::new())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Sets `name`, replacing its value; `false` (and nothing set) for a new name once
+    /// [`Self::MAX`] are set.
+    pub fn set(&mut self, name: &str, value: Vec<u8>) -> bool {
+        if let Some((_, v)) = self.0.iter_mut().find(|(n, _)| n == name) {
+            *v = value;
+        } else if self.0.len() < Self::MAX {
+            self.0.push((name.to_owned(), value));
+        } else {
+            return false;
+        }
+        true
+    }
+}
 
 /// Raw pointers to what the current callback may touch. They are set right before a
 /// guest call and cleared right after it (see [`super::vm::Vm::call_scoped`]), on the
