@@ -5,10 +5,11 @@
 //! The SDK speaks the ABI itself rather than through the `proxy-wasm` crate: that
 //! crate's dispatcher looks each context up in SipHash maps, boxes every context,
 //! serializes property paths into new vectors, and panics (traps the VM) on any status
-//! it does not expect. Here a context is one entry of a short vector, a fixed property
-//! path is a constant, and a status is returned for the caller to decide on. What is
-//! exported and what is called is listed in the SDK's README ("What the host must
-//! provide"); it is the same set the crate exported, so other hosts see no difference.
+//! it does not expect. Here a context is one entry of a short vector, a property path
+//! is serialized on the stack, and a status is returned for the caller to decide on.
+//! The SDK's README ("What the host must provide") lists what is exported and called:
+//! the crate's HTTP-filter callbacks (not its network-filter, gRPC and foreign-function
+//! ones, which an SDK policy never used), and only the host calls the SDK makes.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
