@@ -59,11 +59,13 @@ pub trait Head {
 /// as `http` keeps them (lower case, but for the dozen it titles, such as `Host` and
 /// `Content-Type`), as Envoy does by default and as HTTP/2 always does. Later writes to
 /// the head (plugins, route edits) then skip the case map too. With nothing to write,
-/// the record is still dropped.
+/// the record is still dropped. `room` is how many more headers later writes are
+/// expected to add: reserved now, so the map grows (rehashes) once.
 pub fn write<H: Head, const N: usize>(
     head: &mut H,
     keep_case: bool,
     headers: [Option<(HeaderName, HeaderValue)>; N],
+    room: usize,
 ) -> Result<()> {
     if keep_case {
         for (name, value) in headers.into_iter().flatten() {
@@ -71,7 +73,7 @@ pub fn write<H: Head, const N: usize>(
         }
     } else {
         head.edit_map(|map| {
-            map.reserve(N);
+            map.reserve(N + room);
             for (name, value) in headers.into_iter().flatten() {
                 map.insert(name, value);
             }

@@ -48,6 +48,9 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 // The same names for lookups: a `&str` key is parsed on every `get`, a `HeaderName` is not.
+/// Headers a plugin is expected to add to a head, reserved before it runs so that the
+/// head's map grows once, not on each write (a growth rehashes the map).
+const PLUGIN_HEADER_ROOM: usize = 2;
 const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
@@ -348,12 +351,6 @@ impl ProxyHttp for WeirProxy {
                 true
             }
         };
-        // The downstream head loses its header-name case here, before pingora clones it
-        // for the upstream and plugins write to it (`headers::write`).
-        let keep_case = snap.config.server.preserve_header_case;
-        let id = new_id.then(|| (X_REQUEST_ID_NAME, ctx.request_id.clone()));
-        headers::write(session.req_header_mut(), keep_case, [id])?;
-
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -404,6 +401,13 @@ impl ProxyHttp for WeirProxy {
         };
         ctx.route = Some(m.route);
         ctx.matched_len = m.matched_len;
+        // The downstream head loses its header-name case here, before pingora clones it
+        // for the upstream and plugins write to it (`headers::write`), with room for the
+        // plugins' writes so the map grows once.
+        let keep_case = snap.config.server.preserve_header_case;
+        let id = new_id.then(|| (X_REQUEST_ID_NAME, ctx.request_id.clone()));
+        let room = PLUGIN_HEADER_ROOM * snap.routes[m.route].plugins.len();
+        headers::write(session.req_header_mut(), keep_case, [id], room)?;
         if !snap.routes[m.route].plugins.is_empty() {
             let info = RequestInfo {
                 client: client_addr(session, ctx.client_ip),
@@ -626,7 +630,7 @@ impl ProxyHttp for WeirProxy {
             host.map(|v| (X_FORWARDED_HOST_NAME, v)),
         ];
         let keep_case = snap.config.server.preserve_header_case;
-        headers::write(upstream_request, keep_case, forwarding)?;
+        headers::write(upstream_request, keep_case, forwarding, 0)?;
         if !route.request_headers.is_empty() {
             apply_edits(upstream_request, &route.request_headers)?;
         }
@@ -757,7 +761,8 @@ impl ProxyHttp for WeirProxy {
             .as_deref()
             .is_some_and(|s| s.config.server.preserve_header_case);
         let id = Some((X_REQUEST_ID_NAME, ctx.request_id.clone()));
-        headers::write(upstream_response, keep_case, [id])?;
+        let room = PLUGIN_HEADER_ROOM * ctx.plugins.len();
+        headers::write(upstream_response, keep_case, [id], room)?;
         // Plugins see the response in reverse chain order, as in Envoy.
         if let Some(info) = &ctx.plugin_info {
             for a in ctx.plugins.iter().rev() {
