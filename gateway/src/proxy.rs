@@ -40,17 +40,19 @@ const CONSUMER_PROPERTY: &str = "weir.consumer";
 /// HTTP calls one plugin may make for one request.
 const MAX_PLUGIN_CALLS: usize = 16;
 
-// Names as static strings: pingora stores a written name's bytes as its wire case, so a
-// `&'static str` costs nothing to convert, where a `HeaderName` of a non-standard header
-// would be copied into new bytes and parsed again on every write.
+/// Headers a plugin is expected to add to a head, reserved before it runs so that the
+/// head's map grows once, not on each write (a growth rehashes the map).
+const PLUGIN_HEADER_ROOM: usize = 2;
+
+// Names as static strings for pingora's `insert_header` (local responses): it keeps a
+// written name's bytes as its wire case, so a `&'static str` costs nothing to convert,
+// where a `HeaderName` of a non-standard header would be copied and parsed again.
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
-// The same names for lookups: a `&str` key is parsed on every `get`, a `HeaderName` is not.
-/// Headers a plugin is expected to add to a head, reserved before it runs so that the
-/// head's map grows once, not on each write (a growth rehashes the map).
-const PLUGIN_HEADER_ROOM: usize = 2;
+// The same names as `HeaderName`s, for lookups (a `&str` key is parsed on every `get`)
+// and for `headers::write`.
 const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
