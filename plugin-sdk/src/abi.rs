@@ -205,7 +205,8 @@ pub fn set_property(path: &[u8], value: &[u8]) -> u32 {
 }
 
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> u32 {
-    let headers = crate::pairs::serialize(headers);
+    let headers =
+        crate::pairs::serialize(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
     // SAFETY: live slices, only read by the host; no details, no gRPC status (-1).
     unsafe {
         sys::proxy_send_local_response(

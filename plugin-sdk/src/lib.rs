@@ -53,7 +53,7 @@ mod body;
 mod decision;
 mod http;
 pub mod metrics;
-mod pairs;
+pub mod pairs;
 pub mod query;
 mod store;
 pub mod testing;

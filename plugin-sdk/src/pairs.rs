@@ -1,55 +1,67 @@
-//! The proxy-wasm encoding of a header map: a u32 count, then a (name length, value
-//! length) u32 pair per entry, then each name and each value followed by a NUL; all
-//! little-endian. Used by the ABI layer in wasm; tested natively.
-#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+//! The proxy-wasm ABI's encoding of a header map, for both sides of the ABI: the SDK's
+//! guest side reads and writes maps with it, and Weir's host uses the same functions.
+//! A u32 count, then a (name length, value length) u32 pair per entry, then each name
+//! and each value followed by a NUL; all little-endian.
 
-/// `(name, value)` byte pairs, in map order.
+/// `(name, value)` byte pairs, in map order (names and values may be any bytes).
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The pairs of an encoded map; `None` when it is malformed (a length past the end).
+/// The encoding of `pairs`.
+pub fn serialize<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+    let count = pairs.clone().count();
+    let data: usize = pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + count * 8 + data);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// The pairs of an encoded map; `None` when the bytes do not hold what they claim (a
+/// length past the end, a missing NUL, a count the bytes cannot hold).
 pub fn deserialize(bytes: &[u8]) -> Option<Pairs> {
     let u32_at = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
     };
     if bytes.is_empty() {
         return Some(Vec::new());
     }
-    let n = u32_at(0)?;
-    let mut data = n.checked_mul(8)?.checked_add(4)?;
-    // Bounded by the input, not by the count it claims.
-    let mut pairs = Vec::with_capacity(n.min(bytes.len() / 10));
-    for i in 0..n {
-        let (name_len, value_len) = (u32_at(4 + i * 8)?, u32_at(8 + i * 8)?);
-        let name = bytes.get(data..data.checked_add(name_len)?)?.to_vec();
-        data = data.checked_add(name_len + 1)?;
-        let value = bytes.get(data..data.checked_add(value_len)?)?.to_vec();
-        data = data.checked_add(value_len + 1)?;
-        pairs.push((name, value));
+    let count = u32_at(0)?;
+    // Every pair needs at least 10 bytes (two sizes, two NULs): reject absurd counts
+    // before allocating for them.
+    if count > bytes.len() / 10 + 1 {
+        return None;
     }
-    Some(pairs)
-}
-
-/// The encoding of `pairs`.
-pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let size = pairs
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 10)
-        .sum::<usize>()
-        + 4;
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (n, v) in pairs {
-        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    let mut sizes = Vec::with_capacity(count);
+    for i in 0..count {
+        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
     }
-    for (n, v) in pairs {
-        out.extend_from_slice(n.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
+    let mut at = 4 + count * 8;
+    let mut out = Vec::with_capacity(count);
+    // Reads `len` bytes at `at` and the NUL after them.
+    let mut field = |len: usize| -> Option<Vec<u8>> {
+        let end = at.checked_add(len)?;
+        let field = bytes.get(at..end)?.to_vec();
+        if bytes.get(end) != Some(&0) {
+            return None;
+        }
+        at = end + 1;
+        Some(field)
+    };
+    for (klen, vlen) in sizes {
+        let key = field(klen)?;
+        let value = field(vlen)?;
+        out.push((key, value));
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -63,7 +75,7 @@ mod tests {
             ("content-type", "application/json"),
             ("x", ""),
         ];
-        let bytes = serialize(&pairs);
+        let bytes = serialize(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
         assert_eq!(&bytes[..12], &[3, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0]);
         assert_eq!(&bytes[28..41], b":status\x00401\x00c");
         let back = deserialize(&bytes).unwrap();
@@ -74,12 +86,12 @@ mod tests {
             .collect();
         assert_eq!(back, want);
         assert_eq!(deserialize(&[]), Some(vec![]));
-        assert_eq!(deserialize(&serialize(&[])), Some(vec![]));
+        assert_eq!(deserialize(&serialize(std::iter::empty())), Some(vec![]));
     }
 
     #[test]
     fn malformed_maps_are_none_not_a_panic() {
-        let good = serialize(&[("name", "value")]);
+        let good = serialize([(&b"name"[..], &b"value"[..])].into_iter());
         for cut in 1..good.len() - 1 {
             assert_eq!(deserialize(&good[..cut]), None, "cut at {cut}");
         }

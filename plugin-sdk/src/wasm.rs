@@ -58,10 +58,6 @@ pub fn initialize<P: Policy>() {
     }));
 }
 
-fn log(level: u32, message: &str) {
-    abi::log(level, message);
-}
-
 /// Every live context of the VM. A host runs a handful of requests at once per VM, so
 /// a vector searched from its newest end beats any map.
 struct Contexts<P> {
@@ -113,7 +109,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
             match abi::buffer(abi::PLUGIN_CONFIGURATION, 0, size) {
                 Ok(bytes) => Some(bytes),
                 Err(status) => {
-                    log(
+                    abi::log(
                         abi::ERROR,
                         &format!("cannot read the plugin configuration (status {status})"),
                     );
@@ -138,7 +134,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
             }
             Err(e) => {
                 // The previous policy (if any) stays: the host keeps the old config.
-                log(abi::ERROR, &format!("{}: {e}", std::any::type_name::<P>()));
+                abi::log(abi::ERROR, &format!("{}: {e}", std::any::type_name::<P>()));
                 false
             }
         }
@@ -194,7 +190,7 @@ impl<P: Policy> Http<P> {
                 decision
             }
             None => {
-                log(
+                abi::log(
                     abi::ERROR,
                     "request reached a plugin whose configuration failed",
                 );
@@ -261,7 +257,7 @@ impl<P> Http<P> {
                 let status = if (200..=599).contains(&status) {
                     status
                 } else {
-                    log(
+                    abi::log(
                         abi::ERROR,
                         &format!("local response status {status} is not 200-599; sending 500"),
                     );
@@ -274,7 +270,7 @@ impl<P> Http<P> {
                 self.answered = true;
                 let s = abi::send_local_response(u32::from(status), &headers, &body);
                 if s != abi::OK {
-                    log(abi::ERROR, &format!("local response refused (status {s})"));
+                    abi::log(abi::ERROR, &format!("local response refused (status {s})"));
                 }
                 abi::PAUSE
             }
@@ -364,20 +360,27 @@ fn header_write(map: u32, op: HeaderWrite, name: &str, value: &str) {
 
 /// A property by its path's segments; absent or empty reads as `None`.
 fn property(path: &[&str]) -> Option<String> {
-    // Serialized on the stack: NUL-separated segments.
+    with_path(path, |p| abi::property(p).ok())
+        .flatten()
+        .filter(|v| !v.is_empty())
+        .map(text)
+}
+
+/// Gives `f` a property path in the ABI's form, its segments NUL-separated, serialized
+/// on the stack; `None` for a path longer than 64 bytes (the SDK's are all shorter).
+fn with_path<R>(path: &[&str], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let mut buf = [0u8; 64];
     let mut len = 0;
     for (i, seg) in path.iter().enumerate() {
-        let sep = usize::from(i > 0);
-        let end = len + sep + seg.len();
-        let dst = buf.get_mut(len + sep..end)?;
-        dst.copy_from_slice(seg.as_bytes());
-        len = end;
+        if i > 0 {
+            *buf.get_mut(len)? = 0;
+            len += 1;
+        }
+        buf.get_mut(len..len + seg.len())?
+            .copy_from_slice(seg.as_bytes());
+        len += seg.len();
     }
-    abi::property(&buf[..len])
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(text)
+    Some(f(&buf[..len]))
 }
 
 /// The request of the current HTTP context; facts fetched on first use.
@@ -508,8 +511,9 @@ impl Request for HostRequest<'_> {
 
     fn set_consumer(&mut self, name: &str) {
         if !refused("consumer", validate_consumer(name)) {
-            let path = CONSUMER_PROPERTY.join("\0");
-            let _ = abi::set_property(path.as_bytes(), name.as_bytes());
+            with_path(&CONSUMER_PROPERTY, |p| {
+                abi::set_property(p, name.as_bytes())
+            });
             self.consumer = OnceCell::from(Some(name.to_string()));
         }
     }

@@ -50,66 +50,10 @@ pub const METRIC_HISTOGRAM: i32 = 2;
 /// The root context id Weir gives every plugin VM.
 pub const ROOT_CONTEXT_ID: i32 = 1;
 
-/// Header pairs as bytes (names and values may be any bytes on the wire of the ABI).
-pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Serializes header pairs in the ABI's map format: pair count, then (key, value)
-/// lengths, then each key and value followed by a NUL byte; all integers u32 LE.
-pub fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let count = pairs.clone().count();
-    let data: usize = pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + count * 8 + data);
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    for (k, v) in pairs.clone() {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
-/// Parses the map format; `None` when the bytes do not hold what they claim.
-pub fn deserialize_map(bytes: &[u8]) -> Option<Pairs> {
-    let u32_at = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    if bytes.is_empty() {
-        return Some(Vec::new());
-    }
-    let count = u32_at(0)?;
-    // Every pair needs at least 10 bytes (two sizes, two NULs): reject absurd counts
-    // before allocating for them.
-    if count > bytes.len() / 10 + 1 {
-        return None;
-    }
-    let mut sizes = Vec::with_capacity(count);
-    for i in 0..count {
-        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
-    }
-    let mut at = 4 + count * 8;
-    let mut out = Vec::with_capacity(count);
-    for (klen, vlen) in sizes {
-        let key = bytes.get(at..at.checked_add(klen)?)?.to_vec();
-        at += klen;
-        if bytes.get(at) != Some(&0) {
-            return None;
-        }
-        at += 1;
-        let value = bytes.get(at..at.checked_add(vlen)?)?.to_vec();
-        at += vlen;
-        if bytes.get(at) != Some(&0) {
-            return None;
-        }
-        at += 1;
-        out.push((key, value));
-    }
-    Some(out)
-}
+/// The ABI's header-map encoding, shared with the SDK (`weir_plugin_sdk::pairs`).
+pub use weir_plugin_sdk::pairs::{
+    deserialize as deserialize_map, serialize as serialize_map, Pairs,
+};
 
 #[cfg(test)]
 mod tests {

@@ -355,22 +355,26 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     }
 }
 
-/// Property values: strings as bytes, numbers as 8-byte little-endian (as Envoy does).
-fn property(st: &mut HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
-    // The path's segments are NUL-separated; properties are named with dots. Short
-    // paths (all of them in practice) are rewritten on the stack: this runs for every
-    // property read of every request.
-    let mut buf = [0u8; 128];
+/// A property's name from its ABI path: the path's segments are NUL-separated,
+/// properties are named with dots. Short paths (all of them in practice) are rewritten
+/// in `buf`, on the caller's stack: this runs for every property read and write.
+fn property_name<'b>(path: &[u8], buf: &'b mut [u8; 128]) -> std::borrow::Cow<'b, str> {
     let short = buf.get_mut(..path.len()).and_then(|b| {
         for (d, &c) in b.iter_mut().zip(path) {
             *d = if c == 0 { b'.' } else { c };
         }
         std::str::from_utf8(b).ok()
     });
-    let key: std::borrow::Cow<'_, str> = match short {
+    match short {
         Some(k) => k.into(),
         None => String::from_utf8_lossy(path).replace('\0', ".").into(),
-    };
+    }
+}
+
+/// Property values: strings as bytes, numbers as 8-byte little-endian (as Envoy does).
+fn property(st: &mut HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
+    let mut buf = [0u8; 128];
+    let key = property_name(path, &mut buf);
     if let Some(v) = st
         .properties_mut()
         .and_then(|p| p.get(&key).map(<[u8]>::to_vec))
@@ -686,12 +690,8 @@ pub fn add_proxy_wasm(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 (Ok(p), Ok(v)) => (p, v),
                 (Err(s), _) | (_, Err(s)) => return s as i32,
             };
-            // Segments are NUL-separated; properties are named with dots.
-            let dotted: Vec<u8> = path
-                .iter()
-                .map(|&b| if b == 0 { b'.' } else { b })
-                .collect();
-            let key = String::from_utf8_lossy(&dotted);
+            let mut buf = [0u8; 128];
+            let key = property_name(&path, &mut buf);
             match c.data_mut().properties_mut() {
                 Some(props) if value.len() <= 64 * 1024 => {
                     if props.set(&key, value) {

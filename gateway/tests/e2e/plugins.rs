@@ -601,6 +601,25 @@ plugins = ["add-header", "deny-local"]
 #[test]
 fn callbacks_a_module_declares_unused_are_skipped() {
     let up = Upstream::with_handler("app", |r| Reply::ok(&r.path));
+    let wasm = built_plugin("test/lifecycle");
+    // One plugin and one route per configuration, each named after it.
+    let chains: String = ["all", "skip", "skip-response"]
+        .map(|name| {
+            format!(
+                r#"
+[[plugins]]
+name = "{name}"
+wasm = "{wasm}"
+config = "{name}"
+[[routes]]
+name = "{name}"
+paths = ["/{name}"]
+upstream = "app"
+plugins = ["{name}"]
+"#
+            )
+        })
+        .concat();
     let cfg = format!(
         r#"
 [server]
@@ -613,36 +632,8 @@ output = "off"
 [[upstreams]]
 name = "app"
 targets = ["{}"]
-[[plugins]]
-name = "all"
-wasm = "{wasm}"
-config = "all"
-[[plugins]]
-name = "skip"
-wasm = "{wasm}"
-config = "skip"
-[[plugins]]
-name = "skip-response"
-wasm = "{wasm}"
-config = "skip-response"
-[[routes]]
-name = "all"
-paths = ["/all"]
-upstream = "app"
-plugins = ["all"]
-[[routes]]
-name = "skip"
-paths = ["/skip"]
-upstream = "app"
-plugins = ["skip"]
-[[routes]]
-name = "skip-response"
-paths = ["/skip-response"]
-upstream = "app"
-plugins = ["skip-response"]
-"#,
+{chains}"#,
         up.addr,
-        wasm = built_plugin("test/lifecycle"),
     );
     let w = Weir::start(&cfg);
     let counts = |path: &str| {
