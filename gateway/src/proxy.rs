@@ -767,14 +767,14 @@ impl ProxyHttp for WeirProxy {
         headers::write(upstream_response, keep_case, [id], room)?;
         // Plugins see the response in reverse chain order, as in Envoy.
         if let Some(info) = &ctx.plugin_info {
-            for a in ctx.plugins.iter().rev() {
+            for a in ctx.plugins.iter_mut().rev() {
                 let mut views = Views {
                     request: session.req_header_mut(),
                     response: Some(&mut *upstream_response),
                     info,
                     properties: &mut ctx.properties,
                 };
-                match a.plugin().response_headers(a, &mut views) {
+                match a.response_headers(&mut views) {
                     // Calls can only be dispatched while the request waits.
                     Verdict::Continue | Verdict::Calls(_) => {}
                     Verdict::Respond(local) => {

@@ -31,6 +31,9 @@ pub const PLUGIN_CONFIGURATION: u32 = 7;
 /// Callback results (`Action`).
 pub const CONTINUE: u32 = 0;
 pub const PAUSE: u32 = 1;
+/// Weir's extension (the gateway's `plugin/ABI.md`), added to an action: the module is
+/// done with the context. Only for a host that made the context on demand.
+pub const DONE: u32 = 0x100;
 
 /// Log levels.
 pub const ERROR: u32 = 4;

@@ -26,9 +26,12 @@ type Vars = BTreeMap<String, String>;
 /// Weir's `weir_unused_callbacks` extension (the gateway's `plugin/ABI.md`): a policy
 /// has no `on_log` hook and its contexts are done when the host is, so `proxy_on_log`
 /// (value 1) and `proxy_on_done` (value 2) need not be called, nor
-/// `proxy_on_response_headers` (value 4) when [`Policy::uses_response`] says so: guest
-/// entries fewer per request. Other proxy-wasm hosts ignore the export and call them
-/// (they do nothing).
+/// `proxy_on_response_headers` (value 4) when [`Policy::uses_response`] says so; and
+/// the SDK makes HTTP contexts on demand (value 8): a host that knows it skips
+/// `proxy_on_context_create`, and the SDK tells it, by adding [`abi::DONE`] to a
+/// callback's action, when a context needs no more callbacks, `proxy_on_delete`
+/// included. Guest entries fewer per request. Other proxy-wasm hosts ignore the export
+/// and call everything (which does nothing more).
 #[no_mangle]
 pub extern "C" fn weir_unused_callbacks() -> i32 {
     UNUSED.load(Ordering::Relaxed)
@@ -37,9 +40,11 @@ pub extern "C" fn weir_unused_callbacks() -> i32 {
 const UNUSED_ON_LOG: i32 = 1;
 const UNUSED_ON_DONE: i32 = 2;
 const UNUSED_ON_RESPONSE_HEADERS: i32 = 4;
+const CONTEXTS_ON_DEMAND: i32 = 8;
+const ALWAYS: i32 = UNUSED_ON_LOG | UNUSED_ON_DONE | CONTEXTS_ON_DEMAND;
 
 /// What [`weir_unused_callbacks`] answers; `on_configure` adds the response bit.
-static UNUSED: AtomicI32 = AtomicI32::new(UNUSED_ON_LOG | UNUSED_ON_DONE);
+static UNUSED: AtomicI32 = AtomicI32::new(ALWAYS);
 
 /// The body of `_initialize`: the C runtime's constructors (wasi-libc's, as a WASI
 /// reactor runs them), then the policy's contexts, registered with the ABI layer.
@@ -75,6 +80,23 @@ impl<P> Contexts<P> {
             .find(|(i, _)| *i == id)
             .map(|(_, h)| h)
     }
+
+    /// A context of `root`'s policy. A root the host never created (a broken host, or
+    /// a context made on demand) serves the first policy.
+    fn new_http(&self, root: Option<u32>, on_demand: bool) -> Http<P> {
+        let policy = root
+            .and_then(|root| self.roots.iter().find(|(r, _)| *r == root))
+            .or(self.roots.first())
+            .and_then(|(_, p)| p.clone());
+        Http {
+            policy,
+            vars: Vars::new(),
+            answered: false,
+            body: BodyAccess::Ignore,
+            seen: 0,
+            on_demand,
+        }
+    }
 }
 
 impl<P: Policy> abi::Filter for Contexts<P> {
@@ -83,23 +105,8 @@ impl<P: Policy> abi::Filter for Contexts<P> {
             self.roots.push((id, None));
             return;
         }
-        // A root the host never created (a broken host) serves the first policy.
-        let policy = self
-            .roots
-            .iter()
-            .find(|(r, _)| *r == root)
-            .or(self.roots.first())
-            .and_then(|(_, p)| p.clone());
-        self.http.push((
-            id,
-            Http {
-                policy,
-                vars: Vars::new(),
-                answered: false,
-                body: BodyAccess::Ignore,
-                seen: 0,
-            },
-        ));
+        let http = self.new_http(Some(root), false);
+        self.http.push((id, http));
     }
 
     fn configure(&mut self, root: u32, size: usize) -> bool {
@@ -124,7 +131,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
                 } else {
                     UNUSED_ON_RESPONSE_HEADERS
                 };
-                UNUSED.store(UNUSED_ON_LOG | UNUSED_ON_DONE | response, Ordering::Relaxed);
+                UNUSED.store(ALWAYS | response, Ordering::Relaxed);
                 let policy = Some(Rc::new(policy));
                 match self.roots.iter_mut().find(|(r, _)| *r == root) {
                     Some((_, p)) => *p = policy,
@@ -141,8 +148,22 @@ impl<P: Policy> abi::Filter for Contexts<P> {
     }
 
     fn request_headers(&mut self, id: u32, _headers: usize, end: bool) -> u32 {
-        self.http(id)
-            .map_or(abi::CONTINUE, |h| h.on_request_headers(end))
+        if let Some(h) = self.http(id) {
+            return h.on_request_headers(end);
+        }
+        // A context the host did not create: one that makes them on demand (Weir). It
+        // is kept only when a later callback needs it.
+        let mut h = self.new_http(None, true);
+        let action = h.on_request_headers(end);
+        let later = !h.answered
+            && (h.policy.as_ref().is_some_and(|p| p.uses_response())
+                || (!end && !matches!(h.body, BodyAccess::Ignore)));
+        if later {
+            self.http.push((id, h));
+            action
+        } else {
+            action | abi::DONE
+        }
     }
 
     fn request_body(&mut self, id: u32, size: usize, end: bool) -> u32 {
@@ -151,8 +172,16 @@ impl<P: Policy> abi::Filter for Contexts<P> {
     }
 
     fn response_headers(&mut self, id: u32, _headers: usize, _end: bool) -> u32 {
-        self.http(id)
-            .map_or(abi::CONTINUE, |h| h.on_response_headers())
+        let Some(i) = self.http.iter().rposition(|(i, _)| *i == id) else {
+            return abi::CONTINUE;
+        };
+        let action = self.http[i].1.on_response_headers();
+        // The last callback the SDK needs: a context made on demand ends here.
+        if self.http[i].1.on_demand {
+            self.http.swap_remove(i);
+            return action | abi::DONE;
+        }
+        action
     }
 
     fn delete(&mut self, id: u32) {
@@ -174,6 +203,9 @@ struct Http<P> {
     body: BodyAccess,
     /// Request body bytes seen so far.
     seen: usize,
+    /// Made on demand (not by `proxy_on_context_create`): the host speaks Weir's
+    /// extension, and is told when the context is done (`abi::DONE`).
+    on_demand: bool,
 }
 
 impl<P: Policy> Http<P> {
@@ -212,6 +244,7 @@ impl<P: Policy> Http<P> {
             body,
             seen,
             answered: false,
+            ..
         } = self
         else {
             return abi::CONTINUE;

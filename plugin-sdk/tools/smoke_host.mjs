@@ -166,24 +166,44 @@ function host(path, pluginConfig, { properties = {} } = {}) {
   let nextId = 2;
   return {
     state, configured,
-    request(requestHeaders, responseHeaders) {
+    // `onDemand`: as Weir with `weir_unused_callbacks` bit 8, no proxy_on_context_create,
+    // and no more callbacks once an action carries DONE (0x100).
+    request(requestHeaders, responseHeaders, { onDemand = false } = {}) {
       const id = nextId++;
       state.local = null;
       state.maps[0] = requestHeaders.map(([k, v]) => [k, v]);
       state.maps[2] = [];
-      x.proxy_on_context_create(id, 1);
+      if (!onDemand) x.proxy_on_context_create(id, 1);
       const reqAction = x.proxy_on_request_headers(id, requestHeaders.length, 1);
       let respAction = null;
-      if (reqAction === 0) {
-        state.maps[2] = responseHeaders.map(([k, v]) => [k, v]);
-        respAction = x.proxy_on_response_headers(id, responseHeaders.length, 1);
+      const done = (action) => onDemand && (action & DONE) !== 0;
+      if (!done(reqAction)) {
+        if ((reqAction & ~DONE) === 0) {
+          state.maps[2] = responseHeaders.map(([k, v]) => [k, v]);
+          respAction = x.proxy_on_response_headers(id, responseHeaders.length, 1);
+        }
+        if (!done(respAction)) {
+          x.proxy_on_log(id);
+          x.proxy_on_done(id);
+          x.proxy_on_delete(id);
+        }
       }
-      x.proxy_on_log(id);
-      x.proxy_on_done(id);
-      x.proxy_on_delete(id);
       return { reqAction, respAction, req: state.maps[0], resp: state.maps[2], local: state.local };
     },
+    unused: () => x.weir_unused_callbacks(),
+    memoryBytes: () => mem.buffer.byteLength,
   };
+}
+
+const DONE = 0x100;
+
+/// Runs `n` requests on demand and checks the module's memory did not grow: a context
+/// the SDK kept after saying DONE would leak (tens of bytes each).
+function noLeak(h, n, req, resp) {
+  for (let i = 0; i < 100; i++) h.request(req, resp, { onDemand: true });
+  const before = h.memoryBytes();
+  for (let i = 0; i < n; i++) h.request(req, resp, { onDemand: true });
+  assert.equal(h.memoryBytes(), before, `memory grew over ${n} requests on demand`);
 }
 
 const get = (pairs, k) => pairs.filter(([n]) => n === k).map(([, v]) => v);
@@ -217,6 +237,23 @@ const get = (pairs, k) => pairs.filter(([n]) => n === k).map(([, v]) => v);
   assert.deepEqual(get(r.resp, "cache-control"), ["no-store"]);
   // Many requests on one VM: contexts are created and deleted per request.
   for (let i = 0; i < 1000; i++) h.request([[":path", "/api"]], [[":status", "204"]]);
+  // On demand (Weir's extension): kept for the response hook, done after it.
+  assert.equal(h.unused() & 8, 8);
+  const d = h.request([[":path", "/api/x"], ["x-debug", "1"]], [[":status", "200"], ["server", "up"]], { onDemand: true });
+  assert.equal(d.reqAction, 0);
+  assert.equal(d.respAction, DONE);
+  assert.deepEqual(get(d.req, "x-debug"), []);
+  assert.deepEqual(get(d.resp, "server"), []);
+  noLeak(h, 20000, [[":path", "/api"]], [[":status", "204"]]);
+  // Request edits only: done with the first callback.
+  const q = host(`${dir}/transform.wasm`, JSON.stringify({ request: { headers: { set: { "x-gateway": "weir" } } } }));
+  assert.equal(q.configured, 1, JSON.stringify(q.state.logs));
+  assert.equal(q.unused() & 4, 4);
+  const qd = q.request([[":path", "/"]], [[":status", "200"]], { onDemand: true });
+  assert.equal(qd.reqAction, DONE);
+  assert.equal(qd.respAction, null);
+  assert.deepEqual(get(qd.req, "x-gateway"), ["weir"]);
+  noLeak(q, 20000, [[":path", "/"]], []);
   console.log("transform ok; host calls:", Object.fromEntries(h.state.calls));
 
   const bad = host(`${dir}/transform.wasm`, JSON.stringify({ request: { headers: { set: { host: "x" } } } }));
@@ -245,5 +282,15 @@ const get = (pairs, k) => pairs.filter(([n]) => n === k).map(([, v]) => v);
   const yes = h.request([[":path", "/v1/users"], ["x-tenant", "acme"]], [[":status", "200"]]);
   assert.equal(yes.reqAction, 0);
   assert.deepEqual(get(yes.req, "x-weir-route"), ["users-v1"]);
+  // On demand: done once answered; otherwise kept for the response hook (the example
+  // leaves `uses_response` at its default, true), and done after it.
+  const noD = h.request([[":path", "/"], ["x-request-id", "r-2"]], [], { onDemand: true });
+  assert.equal(noD.reqAction, 1 | DONE);
+  assert.equal(noD.local.status, 400);
+  const yesD = h.request([[":path", "/"], ["x-tenant", "acme"]], [], { onDemand: true });
+  assert.equal(yesD.reqAction, 0);
+  assert.equal(yesD.respAction, DONE);
+  assert.deepEqual(get(yesD.req, "x-weir-route"), ["users-v1"]);
+  noLeak(h, 20000, [[":path", "/"], ["x-tenant", "acme"]], []);
   console.log("require_header ok; host calls:", Object.fromEntries(h.state.calls));
 }

@@ -285,11 +285,21 @@ pub struct Active {
     slot: usize,
     generation: u64,
     context: i32,
+    /// The module said it is done with the context (`CONTEXTS_ON_DEMAND`): no more
+    /// callbacks for it.
+    done: bool,
 }
 
 impl Active {
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    /// Runs `on_response_headers` for this context (see [`Plugin::response_headers`]).
+    pub fn response_headers(&mut self, v: &mut Views<'_>) -> Verdict {
+        let (verdict, done) = self.plugin.response_headers(self, v);
+        self.done |= done;
+        verdict
     }
 }
 
@@ -406,15 +416,17 @@ impl Plugin {
         self.stats
             .count_call(shared::PHASE_REQUEST_HEADERS, started.elapsed());
         match r {
-            Ok((context, local, calls)) => {
-                let active = Active {
+            Ok(started) => {
+                slot.crashes = 0;
+                // A module done with the context already gets no further callback.
+                let active = (!started.done).then(|| Active {
                     plugin: self.clone(),
                     slot: i,
                     generation: slot.generation,
-                    context,
-                };
-                slot.crashes = 0;
-                (Some(active), verdict(local, calls))
+                    context: started.context,
+                    done: false,
+                });
+                (active, verdict(started.local, started.calls))
             }
             Err(f) => (None, self.fail(&mut slot, &f, "request_headers")),
         }
@@ -458,6 +470,9 @@ impl Plugin {
         end_of_stream: bool,
         v: &mut Views<'_>,
     ) -> (Verdict, bool) {
+        if a.done {
+            return (Verdict::Continue, false);
+        }
         let mut slot = self.slots[a.slot].lock();
         if slot.generation != a.generation {
             return (self.error_verdict(), false);
@@ -484,18 +499,23 @@ impl Plugin {
         }
     }
 
-    /// Runs `on_response_headers` for a context created by [`Plugin::request_headers`].
-    pub fn response_headers(&self, a: &Active, v: &mut Views<'_>) -> Verdict {
+    /// Runs `on_response_headers` for a context created by [`Plugin::request_headers`]
+    /// (through [`Active::response_headers`]); also says whether the module is done with
+    /// the context.
+    fn response_headers(&self, a: &Active, v: &mut Views<'_>) -> (Verdict, bool) {
+        if a.done {
+            return (Verdict::Continue, true);
+        }
         let mut slot = self.slots[a.slot].lock();
         if slot.generation != a.generation {
-            return self.error_verdict();
+            return (self.error_verdict(), false);
         }
         let Some(vm) = slot.vm.as_mut() else {
-            return self.error_verdict();
+            return (self.error_verdict(), false);
         };
         // Not exported, or declared unused (`weir_unused_callbacks`): no call to count.
         if !vm.calls_response_headers() {
-            return Verdict::Continue;
+            return (Verdict::Continue, false);
         }
         let started = Instant::now();
         let num = v
@@ -508,13 +528,19 @@ impl Plugin {
         self.stats
             .count_call(shared::PHASE_RESPONSE_HEADERS, started.elapsed());
         match r {
-            Ok(local) => local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
-            Err(f) => self.fail(&mut slot, &f, "response_headers"),
+            Ok((local, done)) => (
+                local.map(Verdict::Respond).unwrap_or(Verdict::Continue),
+                done,
+            ),
+            Err(f) => (self.fail(&mut slot, &f, "response_headers"), false),
         }
     }
 
     /// Ends the context: `on_log`, `on_done`, `on_delete`.
     pub fn finish(&self, a: &Active, v: &mut Views<'_>) {
+        if a.done {
+            return;
+        }
         let mut slot = self.slots[a.slot].lock();
         if slot.generation != a.generation {
             return;

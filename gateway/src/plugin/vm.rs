@@ -80,6 +80,18 @@ pub struct Vm {
     next_tick: Option<Instant>,
     /// Epoch ticks a callback may run (the ticker advances one per millisecond).
     ticks: u64,
+    /// The module creates HTTP contexts itself and may say when it is done with one
+    /// (`weir_unused_callbacks` bit 8).
+    on_demand: bool,
+}
+
+/// What `proxy_on_request_headers` left: the context, a local response, the HTTP calls
+/// dispatched, and whether the module is done with the context (no more callbacks).
+pub struct Started {
+    pub context: i32,
+    pub local: Option<LocalResponse>,
+    pub calls: Vec<PendingCall>,
+    pub done: bool,
 }
 
 /// Bits of `weir_unused_callbacks`: the module has nothing to do in `proxy_on_log`; its
@@ -88,6 +100,13 @@ pub struct Vm {
 const UNUSED_ON_LOG: i32 = 1;
 const UNUSED_ON_DONE: i32 = 2;
 const UNUSED_ON_RESPONSE_HEADERS: i32 = 4;
+/// And: HTTP contexts need no `proxy_on_context_create`; the module makes one when
+/// `proxy_on_request_headers` names an id it does not know, and adds [`ACTION_DONE`] to
+/// a callback's action once it wants no more callbacks for that context.
+const CONTEXTS_ON_DEMAND: i32 = 8;
+/// Added to an action by a module with [`CONTEXTS_ON_DEMAND`]: it kept nothing of the
+/// context; no body, response, log, done or delete callback follows.
+const ACTION_DONE: i32 = 0x100;
 
 /// Start-up callbacks (`_initialize`, `on_vm_start`, `on_configure`) get this long.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(2);
@@ -194,6 +213,7 @@ impl Vm {
         // Weir extension (ABI.md): callbacks the module does not need, asked once it is
         // configured. Each one skipped is a guest entry less per request.
         let unused: Option<TypedFunc<(), i32>> = opt!("weir_unused_callbacks");
+        let mut on_demand = false;
         if let Some(f) = unused {
             let mask = f
                 .call(&mut store, ())
@@ -207,6 +227,7 @@ impl Vm {
             if mask & UNUSED_ON_RESPONSE_HEADERS != 0 {
                 exports.response_headers = None;
             }
+            on_demand = mask & CONTEXTS_ON_DEMAND != 0;
         }
         store.data_mut().scope = Scope::default();
         Ok(Vm {
@@ -215,6 +236,7 @@ impl Vm {
             next_context: ROOT_CONTEXT_ID + 1,
             next_tick: None,
             ticks: ticks(cpu_limit),
+            on_demand,
         })
     }
 
@@ -232,35 +254,45 @@ impl Vm {
         r.map_err(Failure::from_error)
     }
 
-    /// Creates an HTTP context and runs `on_request_headers`. Returns the context id
-    /// and whether the plugin asked for a local response (taken from the store).
+    /// Creates an HTTP context (unless the module makes its own) and runs
+    /// `on_request_headers`.
     pub fn request_headers(
         &mut self,
         scope: Scope,
         num_headers: usize,
         end_of_stream: bool,
-    ) -> Result<(i32, Option<LocalResponse>, Vec<PendingCall>), Failure> {
+    ) -> Result<Started, Failure> {
         let ctx = self.next_context;
         self.next_context = self
             .next_context
             .checked_add(1)
             .unwrap_or(ROOT_CONTEXT_ID + 1);
         self.store.data_mut().local_response = None;
-        self.scoped(scope, |store, ex| {
-            ex.context_create
-                .call(&mut *store, (ctx, ROOT_CONTEXT_ID))?;
-            if let Some(f) = &ex.request_headers {
-                let _action =
-                    f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32))?;
+        let on_demand = self.on_demand;
+        let action = self.scoped(scope, |store, ex| {
+            if !on_demand {
+                ex.context_create
+                    .call(&mut *store, (ctx, ROOT_CONTEXT_ID))?;
             }
-            Ok(())
+            match &ex.request_headers {
+                Some(f) => f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32)),
+                None => Ok(ACTION_CONTINUE),
+            }
         })?;
         let st = self.store.data_mut();
-        Ok((
-            ctx,
-            st.local_response.take(),
-            std::mem::take(&mut st.pending_calls),
-        ))
+        let calls = std::mem::take(&mut st.pending_calls);
+        Ok(Started {
+            context: ctx,
+            local: st.local_response.take(),
+            // The answers to its calls go to the context: it cannot be done yet.
+            done: self.done(action) && calls.is_empty(),
+            calls,
+        })
+    }
+
+    /// Whether a callback's action says the module is done with the context.
+    fn done(&self, action: i32) -> bool {
+        self.on_demand && action & ACTION_DONE != 0
     }
 
     /// `proxy_on_http_call_response` with the call's answer visible to the guest.
@@ -318,6 +350,11 @@ impl Vm {
                 None => Ok(ACTION_CONTINUE),
             }
         })?;
+        let action = if self.on_demand {
+            action & !ACTION_DONE
+        } else {
+            action
+        };
         Ok((
             action != ACTION_CONTINUE,
             self.store.data_mut().local_response.take(),
@@ -329,22 +366,22 @@ impl Vm {
         self.exports.response_headers.is_some()
     }
 
+    /// `on_response_headers`: the local response the plugin asked for, and whether it is
+    /// done with the context.
     pub fn response_headers(
         &mut self,
         scope: Scope,
         ctx: i32,
         num_headers: usize,
         end_of_stream: bool,
-    ) -> Result<Option<LocalResponse>, Failure> {
+    ) -> Result<(Option<LocalResponse>, bool), Failure> {
         self.store.data_mut().local_response = None;
-        self.scoped(scope, |store, ex| {
-            if let Some(f) = &ex.response_headers {
-                let _action =
-                    f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32))?;
-            }
-            Ok(())
+        let action = self.scoped(scope, |store, ex| match &ex.response_headers {
+            Some(f) => f.call(&mut *store, (ctx, num_headers as i32, end_of_stream as i32)),
+            None => Ok(ACTION_CONTINUE),
         })?;
-        Ok(self.store.data_mut().local_response.take())
+        let done = self.done(action);
+        Ok((self.store.data_mut().local_response.take(), done))
     }
 
     /// The root context's timer: `on_tick` when the plugin's tick period has passed.

@@ -2,6 +2,7 @@
 //! gateway: each one's main behaviour on real requests.
 
 use super::common::*;
+use std::time::Duration;
 
 #[test]
 fn request_size_limit_refuses_declared_and_streamed_bodies() {
@@ -232,7 +233,7 @@ plugins = ["key-auth"]
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
     // The access log names the consumer.
-    assert!(wait_until(std::time::Duration::from_secs(5), || {
+    assert!(wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 4)
     }));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
@@ -328,6 +329,69 @@ plugins = ["key-auth", "limit"]
     }
     assert_eq!(send("b-key").status, 429);
     assert_eq!(up.hits(), 13);
+}
+
+#[test]
+fn sdk_contexts_end_with_the_last_callback_they_need() {
+    // Policies built with the SDK make their contexts on demand and say when they are
+    // done (`weir_unused_callbacks` bit 8): then no delete call follows, which the
+    // `log` phase metric counts. A context still open when the request ends is deleted.
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "transform"
+wasm = "{plugin:transform}"
+config = { request = { headers = { set = { x-gateway = "weir" } } } }
+[[plugins]]
+name = "limit"
+wasm = "{plugin:rate-limit}"
+config = { key = "ip", limit = 1000, window = "1h" }
+[[plugins]]
+name = "key-auth"
+wasm = "{plugin:key-auth}"
+config = { consumers = [{ name = "alice", keys = ["a-key"] }] }
+[[routes]]
+name = "open"
+paths = ["/open"]
+upstream = "app"
+plugins = ["transform", "limit"]
+[[routes]]
+name = "keyed"
+paths = ["/keyed"]
+upstream = "app"
+plugins = ["limit", "key-auth"]
+"#,
+    );
+    for _ in 0..5 {
+        let r = w.get("/open");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("ratelimit-limit"), Some("1000"));
+    }
+    assert_eq!(up.last().unwrap().header("x-gateway"), Some("weir"));
+    // key-auth answers: limit's response hook never runs, so its context stays open
+    // until the request ends.
+    for _ in 0..3 {
+        assert_json_error(&w.get("/keyed"), 401, None);
+    }
+    let calls = |plugin: &str, phase: &str| {
+        w.metric(&format!(
+            r#"weir_plugin_call_duration_seconds_count{{plugin="{plugin}",phase="{phase}"}}"#
+        ))
+        .unwrap_or(0.0)
+    };
+    // The end of a request runs after its response is sent: wait for the three.
+    wait_until(Duration::from_secs(5), || calls("limit", "log") >= 3.0);
+    assert_eq!(calls("limit", "log"), 3.0);
+    assert_eq!(calls("limit", "request_headers"), 8.0);
+    assert_eq!(calls("limit", "response_headers"), 5.0);
+    assert_eq!(calls("transform", "request_headers"), 5.0);
+    assert_eq!(calls("key-auth", "request_headers"), 3.0);
+    for plugin in ["transform", "key-auth"] {
+        assert_eq!(calls(plugin, "response_headers"), 0.0, "{plugin}");
+        assert_eq!(calls(plugin, "log"), 0.0, "{plugin}");
+    }
 }
 
 #[test]
