@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use weir::config::PluginConfig;
-use weir::plugin::{Plugin, PluginHost, Properties, RequestInfo, Views};
+use weir::plugin::{Plugin, PluginHost, Properties, RequestInfo, ResponseEdits, Views};
 
 /// proxy-wasm module skeleton (WAT) with the given `on_request_headers` body.
 fn module(body: &str) -> String {
@@ -71,6 +71,7 @@ fn chain_call(c: &mut Criterion) {
     req.insert_header("x-api-key", "k-123").expect("header");
     let info = RequestInfo::default();
     let mut props = Properties::new();
+    let mut edits = ResponseEdits::new();
     let mut g = c.benchmark_group("plugin_chain_call");
     for (name, plugin) in [("noop", &noop), ("read2_set1", &rewrite)] {
         g.bench_function(name, |b| {
@@ -80,6 +81,7 @@ fn chain_call(c: &mut Criterion) {
                     response: None,
                     info: &info,
                     properties: &mut props,
+                    response_edits: &mut edits,
                 };
                 let (active, verdict) = plugin.request_headers(&mut views, true);
                 if let Some(a) = active {

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use weir::config::PluginConfig;
-use weir::plugin::{Plugin, PluginHost, Properties, RequestInfo, Views};
+use weir::plugin::{Plugin, PluginHost, Properties, RequestInfo, ResponseEdits, Views};
 
 // The gateway's allocator: the host's allocations are part of what is measured.
 #[global_allocator]
@@ -109,6 +109,7 @@ fn main() -> Result<(), String> {
             let mut req = req.clone();
             let mut resp = resp.clone();
             let mut props = Properties::new();
+            let mut edits = ResponseEdits::new();
             let mut active = Vec::with_capacity(plugins.len());
             for p in &plugins {
                 let mut views = Views {
@@ -116,6 +117,7 @@ fn main() -> Result<(), String> {
                     response: None,
                     info: &info,
                     properties: &mut props,
+                    response_edits: &mut edits,
                 };
                 let (a, verdict) = p.request_headers(&mut views, true);
                 if !matches!(verdict, weir::plugin::Verdict::Continue) {
@@ -123,12 +125,15 @@ fn main() -> Result<(), String> {
                 }
                 active.extend(a);
             }
+            // As the proxy: the response-header writes made during the request first.
+            edits.apply(&mut resp);
             for a in active.iter_mut().rev() {
                 let mut views = Views {
                     request: &mut req,
                     response: Some(&mut resp),
                     info: &info,
                     properties: &mut props,
+                    response_edits: &mut edits,
                 };
                 black_box(a.response_headers(&mut views));
             }
@@ -138,6 +143,7 @@ fn main() -> Result<(), String> {
                     response: None,
                     info: &info,
                     properties: &mut props,
+                    response_edits: &mut edits,
                 };
                 a.plugin().finish(a, &mut views);
             }

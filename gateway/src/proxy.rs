@@ -30,7 +30,9 @@ use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
 use crate::headers::{self, EditableHead};
-use crate::plugin::{Active, LocalResponse, PendingCall, Properties, RequestInfo, Verdict, Views};
+use crate::plugin::{
+    Active, LocalResponse, PendingCall, Properties, RequestInfo, ResponseEdits, Verdict, Views,
+};
 use crate::snapshot::{Action, HeaderEdits, Route, Snapshot};
 use crate::upstream::{InflightGuard, NoTarget, Upstream};
 
@@ -135,6 +137,8 @@ pub struct RequestCtx {
     plugin_info: Option<RequestInfo>,
     /// Properties plugins set for later plugins and the gateway.
     properties: Properties,
+    /// Response-header writes plugins made during the request headers.
+    response_edits: ResponseEdits,
     /// A local response a plugin asked for after the upstream answered, written by
     /// `fail_to_proxy` in place of the upstream's.
     pending_local: Option<LocalResponse>,
@@ -328,6 +332,7 @@ impl ProxyHttp for WeirProxy {
             plugins: Vec::new(),
             plugin_info: None,
             properties: Properties::new(),
+            response_edits: ResponseEdits::new(),
             pending_local: None,
             body_held: None,
             body_seen: false,
@@ -428,6 +433,7 @@ impl ProxyHttp for WeirProxy {
                     response: None,
                     info: &info,
                     properties: &mut ctx.properties,
+                    response_edits: &mut ctx.response_edits,
                 };
                 let (active, mut verdict) = plugin.request_headers(&mut views, no_body);
                 // HTTP calls the plugin dispatched: made now (the request waits), each
@@ -453,6 +459,7 @@ impl ProxyHttp for WeirProxy {
                             response: None,
                             info: &info,
                             properties: &mut ctx.properties,
+                            response_edits: &mut ctx.response_edits,
                         };
                         match plugin.http_call_response(a, call.token, resp, &mut views) {
                             Verdict::Continue => {}
@@ -716,6 +723,7 @@ impl ProxyHttp for WeirProxy {
                 response: None,
                 info,
                 properties: &mut ctx.properties,
+                response_edits: &mut ctx.response_edits,
             };
             let (verdict, hold) = a.plugin().body(a, false, &data, end_of_stream, &mut views);
             match verdict {
@@ -763,8 +771,13 @@ impl ProxyHttp for WeirProxy {
             .as_deref()
             .is_some_and(|s| s.config.server.preserve_header_case);
         let id = Some((X_REQUEST_ID_NAME, ctx.request_id.clone()));
-        let room = PLUGIN_HEADER_ROOM * ctx.plugins.len();
+        let room = PLUGIN_HEADER_ROOM * ctx.plugins.len() + ctx.response_edits.len();
         headers::write(upstream_response, keep_case, [id], room)?;
+        // What plugins wrote to the response before there was one, before any of
+        // their response hooks.
+        if !ctx.response_edits.is_empty() {
+            ctx.response_edits.apply(upstream_response);
+        }
         // Plugins see the response in reverse chain order, as in Envoy.
         if let Some(info) = &ctx.plugin_info {
             for a in ctx.plugins.iter_mut().rev() {
@@ -773,6 +786,7 @@ impl ProxyHttp for WeirProxy {
                     response: Some(&mut *upstream_response),
                     info,
                     properties: &mut ctx.properties,
+                    response_edits: &mut ctx.response_edits,
                 };
                 match a.response_headers(&mut views) {
                     // Calls can only be dispatched while the request waits.
@@ -849,6 +863,7 @@ impl ProxyHttp for WeirProxy {
                 response: None,
                 info,
                 properties: &mut ctx.properties,
+                response_edits: &mut ctx.response_edits,
             };
             let (verdict, hold) = plugin.body(a, true, &data, end_of_stream, &mut views);
             if matches!(verdict, Verdict::Deny) {
@@ -965,6 +980,7 @@ impl ProxyHttp for WeirProxy {
                     response: None,
                     info,
                     properties: &mut ctx.properties,
+                    response_edits: &mut ctx.response_edits,
                 };
                 a.plugin().finish(a, &mut views);
             }

@@ -204,6 +204,17 @@ pub trait Request: RequestInfo {
     /// [`on_response`](crate::Policy::on_response) (e.g. the remaining quota, to put in
     /// a response header). Lives in the plugin's memory, never crosses to the host.
     fn set_var(&mut self, name: &str, value: &str);
+
+    /// Sets a header of the response to this request now, replacing any of that name
+    /// the upstream sends: for what a policy knows before the response arrives (a
+    /// rate limit's counts). Weir takes it at once and writes it to the upstream's
+    /// response before any response hook runs, so a policy that needs nothing else
+    /// there can answer `false` in [`Policy::uses_response`](crate::Policy::uses_response)
+    /// and skip the response hook. A host without that extension gets the header from
+    /// the SDK in the response hook (which such hosts always call). Not written to a
+    /// local answer (a [`Decision`](crate::Decision) carries its own headers). Refused
+    /// like [`Headers::set`], and for pseudo-headers.
+    fn set_response_header(&mut self, name: &str, value: &str);
 }
 
 /// The response in [`Policy::on_response`](crate::Policy::on_response).

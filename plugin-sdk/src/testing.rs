@@ -157,6 +157,7 @@ pub struct MockRequest {
     consumer: Option<String>,
     properties: BTreeMap<String, Vec<u8>>,
     vars: BTreeMap<String, String>,
+    response_headers: Vec<(String, String)>,
     store: MockStore,
     now: SystemTime,
     refused: Vec<String>,
@@ -185,6 +186,7 @@ impl MockRequest {
             consumer: None,
             properties: BTreeMap::new(),
             vars: BTreeMap::new(),
+            response_headers: Vec::new(),
             store: MockStore::new(),
             now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             refused: Vec::new(),
@@ -274,6 +276,17 @@ impl MockRequest {
     /// A property the policy set, by dotted name (`"weir.consumer"`).
     pub fn property(&self, name: &str) -> Option<&[u8]> {
         self.properties.get(name).map(Vec::as_slice)
+    }
+
+    /// The value of a header the policy set on the response with
+    /// [`Request::set_response_header`] (the gateway writes it to the upstream's
+    /// response, replacing the upstream's own).
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.response_headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every change the gateway would have refused, as logged (header writes, path,
@@ -377,6 +390,19 @@ impl Request for MockRequest {
 
     fn set_var(&mut self, name: &str, value: &str) {
         self.vars.insert(name.to_string(), value.to_string());
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        let check = if name.starts_with(':') {
+            Err(format!("`{name}` is a pseudo-header"))
+        } else {
+            validate_header(name, value)
+        };
+        if self.check(check) {
+            let name = name.to_ascii_lowercase();
+            self.response_headers.retain(|(n, _)| *n != name);
+            self.response_headers.push((name, value.to_string()));
+        }
     }
 }
 

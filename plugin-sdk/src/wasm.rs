@@ -21,7 +21,15 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, SystemTime};
 
-type Vars = BTreeMap<String, String>;
+/// What a request's context keeps for later hooks.
+#[derive(Default)]
+struct Vars {
+    /// [`Request::set_var`].
+    vars: BTreeMap<String, String>,
+    /// [`Request::set_response_header`] calls a host that cannot take them before the
+    /// response (any but Weir) refused with `NotFound`: written in the response hook.
+    response_headers: Vec<(String, String)>,
+}
 
 /// Weir's `weir_unused_callbacks` extension (the gateway's `plugin/ABI.md`): a policy
 /// has no `on_log` hook and its contexts are done when the host is, so `proxy_on_log`
@@ -90,7 +98,7 @@ impl<P> Contexts<P> {
             .and_then(|(_, p)| p.clone());
         Http {
             policy,
-            vars: Vars::new(),
+            vars: Vars::default(),
             answered: false,
             body: BodyAccess::Ignore,
             seen: 0,
@@ -157,6 +165,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
         let action = h.on_request_headers(end);
         let later = !h.answered
             && (h.policy.as_ref().is_some_and(|p| p.uses_response())
+                || !h.vars.response_headers.is_empty()
                 || (!end && !matches!(h.body, BodyAccess::Ignore)));
         if later {
             self.http.push((id, h));
@@ -270,10 +279,14 @@ impl<P: Policy> Http<P> {
             return abi::CONTINUE;
         }
         let Http { policy, vars, .. } = self;
+        let mut response = HostResponse::new();
+        for (name, value) in std::mem::take(&mut vars.response_headers) {
+            response.headers_mut().set(&name, &value);
+        }
         let Some(policy) = policy else {
             return abi::CONTINUE;
         };
-        let decision = policy.on_response(&HostRequest::new(vars), &mut HostResponse::new());
+        let decision = policy.on_response(&HostRequest::new(vars), &mut response);
         self.apply(decision)
     }
 }
@@ -509,7 +522,7 @@ impl RequestInfo for HostRequest<'_> {
     }
 
     fn var(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
+        self.vars.vars.get(name).map(String::as_str)
     }
 
     fn store(&self) -> &dyn SharedStore {
@@ -552,7 +565,35 @@ impl Request for HostRequest<'_> {
     }
 
     fn set_var(&mut self, name: &str, value: &str) {
-        self.vars.insert(name.to_string(), value.to_string());
+        self.vars.vars.insert(name.to_string(), value.to_string());
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        // The host lower-cases names itself.
+        let status = if name.starts_with(':') {
+            u32::MAX
+        } else {
+            abi::header_write(abi::RESPONSE_HEADERS, HeaderWrite::Replace, name, value)
+        };
+        match status {
+            abi::OK => {}
+            // A host without Weir's extension: written by the response hook instead.
+            abi::NOT_FOUND => {
+                if !refused("response header", validate_header(name, value)) {
+                    let name = name.to_ascii_lowercase();
+                    let headers = &mut self.vars.response_headers;
+                    headers.retain(|(n, _)| *n != name);
+                    headers.push((name, value.to_owned()));
+                }
+            }
+            _ => {
+                refused(
+                    "response header",
+                    validate_header(name, value)
+                        .and(Err(format!("the host refused `{name}` (status {status})"))),
+                );
+            }
+        }
     }
 }
 

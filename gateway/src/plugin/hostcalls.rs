@@ -13,7 +13,7 @@ use wasmtime::{Caller, Extern, Linker, Memory, Module, Val, ValType};
 
 use super::abi::{self, Status};
 use super::shared;
-use super::state::{HostState, LocalResponse, Phase};
+use super::state::{Edit, HostState, LocalResponse, Phase};
 use crate::headers::EditableHead;
 
 type C<'a> = Caller<'a, HostState>;
@@ -257,13 +257,6 @@ fn map_get(st: &mut HostState, map: i32, key: &[u8]) -> Result<Vec<u8>, Status> 
     Ok(out)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Edit {
-    Replace,
-    Add,
-    Remove,
-}
-
 /// Most headers a plugin may grow a head to. `http`'s `HeaderMap` panics past 32,768
 /// entries (pingora's `insert_header` uses the panicking insert): a plugin adding names
 /// in a loop gets `BadArgument` long before that.
@@ -277,6 +270,11 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     }
     if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
         return Status::BadArgument;
+    }
+    // Weir's extension: response headers written before there is a response are
+    // queued and land on the upstream's response (`ResponseEdits`).
+    if st.scope.phase == Some(Phase::RequestHeaders) && map == abi::MAP_RESPONSE_HEADERS {
+        return queue_response_edit(st, key, value, edit);
     }
     let writable = matches!(
         (st.scope.phase, map),
@@ -353,6 +351,36 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     } else {
         Status::BadArgument
     }
+}
+
+/// Queues a response-header write made during the request headers (see `map_edit`).
+fn queue_response_edit(st: &mut HostState, key: Vec<u8>, value: &[u8], edit: Edit) -> Status {
+    if !is_token(&key) {
+        return Status::BadArgument;
+    }
+    let value = match edit {
+        Edit::Remove => None,
+        _ => match HeaderValue::from_bytes(value) {
+            Ok(v) => Some(v),
+            Err(_) => return Status::BadArgument,
+        },
+    };
+    match st
+        .response_edits_mut()
+        .map(|q| q.push(edit, key.into(), value))
+    {
+        Some(true) => Status::Ok,
+        Some(false) => Status::BadArgument,
+        None => Status::NotFound,
+    }
+}
+
+/// A header name as `http` accepts it: one or more RFC 9110 token characters.
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 /// A property's name from its ABI path: the path's segments are NUL-separated,

@@ -37,7 +37,7 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, StoreLimitsBuilder};
 
 use crate::config::{OnError, PluginConfig};
 use shared::{PluginMetrics, PluginStats, SharedData};
-pub use state::{CallResponse, LocalResponse, PendingCall, Properties, RequestInfo};
+pub use state::{CallResponse, LocalResponse, PendingCall, Properties, RequestInfo, ResponseEdits};
 use state::{HostState, Phase, Scope};
 pub use vm::Failure;
 use vm::Vm;
@@ -322,6 +322,7 @@ pub struct Views<'a> {
     pub response: Option<&'a mut ResponseHeader>,
     pub info: &'a RequestInfo,
     pub properties: &'a mut Properties,
+    pub response_edits: &'a mut ResponseEdits,
 }
 
 fn verdict(local: Option<LocalResponse>, calls: Vec<PendingCall>) -> Verdict {
@@ -374,6 +375,7 @@ impl Plugin {
             response: v.response.as_deref_mut().map(Into::into),
             info: Some(v.info.into()),
             properties: Some((&mut *v.properties).into()),
+            response_edits: Some((&mut *v.response_edits).into()),
             body: None,
         }
     }

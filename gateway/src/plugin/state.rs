@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{StoreLimits, TypedFunc};
 
@@ -119,6 +121,68 @@ impl Properties {
     }
 }
 
+/// A header write: `proxy_replace_`, `proxy_add_` or `proxy_remove_header_map_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// Response-header writes plugins make while the request headers are processed, before
+/// there is a response (Weir's extension, see ABI.md): applied in order to the
+/// upstream's response before any plugin's response hook sees it. A policy that knows
+/// its response headers early (rate-limit's counts) then needs no response hook.
+#[derive(Debug, Default)]
+pub struct ResponseEdits(Vec<(Edit, Bytes, Option<HeaderValue>)>);
+
+impl ResponseEdits {
+    /// Most writes one request may queue; a plugin queueing more gets `BadArgument`.
+    pub const MAX: usize = 256;
+
+    pub fn new() -> ResponseEdits {
+        ResponseEdits(Vec::new())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Queues a write of a lower-case header `name` that is a valid token (checked by
+    /// the caller); `false` (and nothing queued) once [`Self::MAX`] are queued.
+    pub fn push(&mut self, edit: Edit, name: Bytes, value: Option<HeaderValue>) -> bool {
+        if self.0.len() >= Self::MAX {
+            return false;
+        }
+        self.0.push((edit, name, value));
+        true
+    }
+
+    /// Applies the queued writes to `head` (the response), in order, and forgets them.
+    pub fn apply(&mut self, head: &mut ResponseHeader) {
+        use crate::headers::EditableHead;
+        for (edit, name, value) in self.0.drain(..) {
+            let r = match (edit, value) {
+                (Edit::Replace, Some(v)) => head.insert(name, v),
+                (Edit::Add, Some(v)) => head.append(name, v),
+                _ => {
+                    if let Ok(name) = HeaderName::from_bytes(&name) {
+                        head.remove(&name);
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a plugin's response header was not written");
+            }
+        }
+    }
+}
+
 /// Raw pointers to what the current callback may touch. They are set right before a
 /// guest call and cleared right after it (see [`super::vm::Vm::call_scoped`]), on the
 /// same thread, while the caller holds the `&mut` borrows they came from; host functions
@@ -130,6 +194,7 @@ pub struct Scope {
     pub response: Option<NonNull<ResponseHeader>>,
     pub info: Option<NonNull<RequestInfo>>,
     pub properties: Option<NonNull<Properties>>,
+    pub response_edits: Option<NonNull<ResponseEdits>>,
     /// The body buffered so far (`on_request_body`, `on_response_body`).
     pub body: Option<NonNull<[u8]>>,
 }
@@ -192,5 +257,10 @@ impl HostState {
     pub fn properties_mut(&mut self) -> Option<&mut Properties> {
         // SAFETY: see `Scope`.
         self.scope.properties.map(|mut p| unsafe { p.as_mut() })
+    }
+
+    pub fn response_edits_mut(&mut self) -> Option<&mut ResponseEdits> {
+        // SAFETY: see `Scope`.
+        self.scope.response_edits.map(|mut p| unsafe { p.as_mut() })
     }
 }

@@ -534,7 +534,10 @@ plugins = ["transform"]
 
 #[test]
 fn standard_proxy_wasm_filters_run_unmodified() {
-    let up = Upstream::with_handler("app", |r| Reply::ok(&r.path));
+    let up = Upstream::with_handler("app", |r| {
+        let early = vec![("x-filter-early".into(), "upstream".into())];
+        Reply::Send(200, early, r.path.as_bytes().to_vec())
+    });
     let cfg = format!(
         r#"
 [server]
@@ -576,6 +579,14 @@ plugins = ["add-header", "deny-local"]
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "/new/thing?x=1");
     assert_eq!(r.header("x-filter-response"), Some("yes"));
+    // Set during the request headers (Weir's extension), in place of the upstream's.
+    let early: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-filter-early"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(early, ["from-config"]);
     let seen = up.last().unwrap();
     assert_eq!(seen.header("x-filter"), Some("from-config"));
     assert_eq!(seen.header("x-path-seen"), Some("/old/thing?x=1"));

@@ -336,14 +336,21 @@ fn sdk_contexts_end_with_the_last_callback_they_need() {
     // Policies built with the SDK make their contexts on demand and say when they are
     // done (`weir_unused_callbacks` bit 8): then no delete call follows, which the
     // `log` phase metric counts. A context still open when the request ends is deleted.
-    let up = Upstream::start("app");
+    let up = Upstream::with_handler("app", |_| {
+        let own = vec![("ratelimit-limit".into(), "999".into())];
+        Reply::Send(200, own, b"ok".to_vec())
+    });
     let w = gateway_with(
         up.addr,
         r#"
 [[plugins]]
-name = "transform"
+name = "request-only"
 wasm = "{plugin:transform}"
 config = { request = { headers = { set = { x-gateway = "weir" } } } }
+[[plugins]]
+name = "both"
+wasm = "{plugin:transform}"
+config = { response = { headers = { set = { x-served-by = "weir" } } } }
 [[plugins]]
 name = "limit"
 wasm = "{plugin:rate-limit}"
@@ -356,21 +363,31 @@ config = { consumers = [{ name = "alice", keys = ["a-key"] }] }
 name = "open"
 paths = ["/open"]
 upstream = "app"
-plugins = ["transform", "limit"]
+plugins = ["request-only", "both", "limit"]
 [[routes]]
 name = "keyed"
 paths = ["/keyed"]
 upstream = "app"
-plugins = ["limit", "key-auth"]
+plugins = ["both", "key-auth"]
 "#,
     );
-    for _ in 0..5 {
+    for i in 0..5 {
         let r = w.get("/open");
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.header("ratelimit-limit"), Some("1000"));
+        assert_eq!(r.header("x-served-by"), Some("weir"));
+        // rate-limit sets its headers during the request; they replace the upstream's.
+        let limits: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "ratelimit-limit")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(limits, ["1000"]);
+        let remaining = (999 - i).to_string();
+        assert_eq!(r.header("ratelimit-remaining"), Some(remaining.as_str()));
     }
     assert_eq!(up.last().unwrap().header("x-gateway"), Some("weir"));
-    // key-auth answers: limit's response hook never runs, so its context stays open
+    // key-auth answers: `both`'s response hook never runs, so its context stays open
     // until the request ends.
     for _ in 0..3 {
         assert_json_error(&w.get("/keyed"), 401, None);
@@ -382,13 +399,12 @@ plugins = ["limit", "key-auth"]
         .unwrap_or(0.0)
     };
     // The end of a request runs after its response is sent: wait for the three.
-    wait_until(Duration::from_secs(5), || calls("limit", "log") >= 3.0);
-    assert_eq!(calls("limit", "log"), 3.0);
-    assert_eq!(calls("limit", "request_headers"), 8.0);
-    assert_eq!(calls("limit", "response_headers"), 5.0);
-    assert_eq!(calls("transform", "request_headers"), 5.0);
-    assert_eq!(calls("key-auth", "request_headers"), 3.0);
-    for plugin in ["transform", "key-auth"] {
+    wait_until(Duration::from_secs(5), || calls("both", "log") >= 3.0);
+    assert_eq!(calls("both", "log"), 3.0);
+    assert_eq!(calls("both", "request_headers"), 8.0);
+    assert_eq!(calls("both", "response_headers"), 5.0);
+    for (plugin, n) in [("request-only", 5.0), ("limit", 5.0), ("key-auth", 3.0)] {
+        assert_eq!(calls(plugin, "request_headers"), n, "{plugin}");
         assert_eq!(calls(plugin, "response_headers"), 0.0, "{plugin}");
         assert_eq!(calls(plugin, "log"), 0.0, "{plugin}");
     }

@@ -1,6 +1,9 @@
 //! A plain proxy-wasm filter: adds `x-filter: add-header` and `x-path-seen: <path>` to
 //! the request, rewrites `:path` from `/old/...` to `/new/...`, and stamps the response
 //! with `x-filter-response: yes`. Reads its config (a header value) in `on_configure`.
+//! Also sets the response header `x-filter-early: <config>` from the request headers,
+//! before there is a response: Weir's extension (ABI.md) writes it to the upstream's
+//! response.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -49,6 +52,7 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         self.set_http_request_header("x-filter", Some(&self.value));
+        self.set_http_response_header("x-filter-early", Some(&self.value));
         if let Some(path) = self.get_http_request_header(":path") {
             self.set_http_request_header("x-path-seen", Some(&path));
             if let Some(rest) = path.strip_prefix("/old/") {
