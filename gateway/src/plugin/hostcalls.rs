@@ -1241,3 +1241,26 @@ pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> wasmti
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_token;
+
+    #[test]
+    fn header_names_queued_for_the_response_are_tokens() {
+        for ok in [&b"x-rate"[..], b"ratelimit-limit", b"a!#$%&'*+-.^_`|~9"] {
+            assert!(is_token(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"x y",
+            b"x:y",
+            b":status",
+            b"x\r\n",
+            b"caf\xc3\xa9",
+            b"a\"b",
+        ] {
+            assert!(!is_token(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -264,3 +264,42 @@ impl HostState {
         self.scope.response_edits.map(|mut p| unsafe { p.as_mut() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(v: &'static str) -> Option<HeaderValue> {
+        Some(HeaderValue::from_static(v))
+    }
+
+    #[test]
+    fn response_edits_apply_in_order_and_stop_at_their_cap() {
+        let mut q = ResponseEdits::new();
+        assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("1")));
+        assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("2")));
+        assert!(q.push(Edit::Replace, Bytes::from_static(b"x-b"), value("new")));
+        assert!(q.push(Edit::Remove, Bytes::from_static(b"x-c"), None));
+        let mut head = ResponseHeader::build_no_case(200, None).unwrap();
+        head.insert_header("x-b", "old").unwrap();
+        head.insert_header("x-c", "gone").unwrap();
+        q.apply(&mut head);
+        assert!(q.is_empty());
+        let all = |n: &str| -> Vec<&[u8]> {
+            head.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect()
+        };
+        assert_eq!(all("x-a"), [b"1", b"2"]);
+        assert_eq!(all("x-b"), [b"new"]);
+        assert!(all("x-c").is_empty());
+
+        for _ in 0..ResponseEdits::MAX {
+            assert!(q.push(Edit::Add, Bytes::from_static(b"x-n"), value("1")));
+        }
+        assert!(!q.push(Edit::Add, Bytes::from_static(b"x-n"), value("1")));
+        assert_eq!(q.len(), ResponseEdits::MAX);
+    }
+}
