@@ -208,8 +208,9 @@ impl Policy for KeyAuth {
     }
 
     fn on_request(&self, req: &mut dyn Request) -> Decision {
-        // Before anything else: a client must never pass for a consumer.
-        req.headers_mut().remove(CONSUMER_HEADER);
+        // A client must never pass for a consumer: an allowed request's `x-consumer` is
+        // replaced below, a refused one's removed (`unauthorized`). Not removed up
+        // front: on the allowed path that is a host call for nothing.
         let Some((key, source)) = self.presented_key(req) else {
             REJECTED_MISSING.inc();
             return self.unauthorized(&self.missing_message, req);
@@ -260,7 +261,8 @@ impl KeyAuth {
         }
     }
 
-    fn unauthorized(&self, message: &str, req: &dyn RequestInfo) -> Decision {
+    fn unauthorized(&self, message: &str, req: &mut dyn Request) -> Decision {
+        req.headers_mut().remove(CONSUMER_HEADER);
         Decision::error(401, "unauthorized", message, req)
             .header("www-authenticate", &self.challenge)
     }
