@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, USER_AGENT};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -767,6 +767,14 @@ impl ProxyHttp for WeirProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // An interim response (`100 Continue`, `103 Early Hints`) passes untouched: the
+        // plugins' response hooks, the headers they set during the request and the
+        // route's response edits are the final response's (as in Envoy, whose filters'
+        // encodeHeaders see only the final head). `101` ends an upgrade: it is final.
+        let status = upstream_response.status;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
         // Written first: the head loses its header-name case here, so the plugins'
         // writes skip it too (`headers::write`).
         let keep_case = ctx

@@ -536,3 +536,74 @@ plugins = ["jwt"]
     assert!(config.contains("\"jwt\""), "{config}");
     assert!(!config.contains(secret), "the secret leaked: {config}");
 }
+
+#[test]
+fn an_interim_100_does_not_take_the_plugins_response_work() {
+    // The upstream answers `100 Continue` before its response. Plugins' response hooks
+    // and the response headers they set during the request belong to the final
+    // response: an interim one passes through untouched.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Read, Write};
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let reply = "HTTP/1.1 100 Continue\r\n\r\n\
+                                 HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let w = gateway_with(
+        up,
+        r#"
+[[plugins]]
+name = "both"
+wasm = "{plugin:transform}"
+config = { response = { headers = { set = { x-served-by = "weir" } } } }
+[[plugins]]
+name = "limit"
+wasm = "{plugin:rate-limit}"
+config = { key = "ip", limit = 1000, window = "1h" }
+[[routes]]
+name = "all"
+upstream = "app"
+plugins = ["both", "limit"]
+"#,
+    );
+    let mut s = std::net::TcpStream::connect(w.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nexpect: 100-continue\r\nconnection: close\r\n\r\nhi",
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let fin = &raw[raw.find("HTTP/1.1 200").expect("a final 200")..];
+    assert!(fin.contains("x-served-by: weir"), "{raw}");
+    assert!(fin.contains("ratelimit-limit: 1000"), "{raw}");
+}
