@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::config::{self, Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::plugin::PluginHost;
-use crate::snapshot::{BuildEnv, Snapshot};
+use crate::snapshot::{BuildEnv, BuildError, Snapshot};
 
 /// Outcome of the last reload attempt, for `GET /config` and `POST /reload`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,7 +68,7 @@ impl Gateway {
             base_dir: base_dir(path),
         };
         let snap = Snapshot::build(config, None, &env, 1)
-            .map_err(|e| ConfigErrors::one(config::ConfigError::new(path, None, "", e)))?;
+            .map_err(|e| ConfigErrors::one(located(path, &text, e)))?;
         metrics.generation.store(1, Ordering::Relaxed);
         Ok(Gateway {
             config_path: path.to_path_buf(),
@@ -150,7 +150,8 @@ impl Gateway {
             plugins: &self.plugins,
             base_dir: base_dir(path),
         };
-        let snap = Snapshot::build(config, Some(&old), &env, generation)?;
+        let snap = Snapshot::build(config, Some(&old), &env, generation)
+            .map_err(|e| located(path, &text, e).to_string())?;
         self.current.store(Arc::new(snap));
         Ok(generation)
     }
@@ -171,6 +172,13 @@ pub fn base_dir(config_path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// A build error at its line of the config text (the `[[plugins]]` entry whose module
+/// failed, say).
+fn located(path: &Path, text: &str, e: BuildError) -> config::ConfigError {
+    let line = config::line_of_key(text, &e.key);
+    config::ConfigError::new(path, line, &e.key, e.message)
 }
 
 fn read(path: &Path) -> Result<String, ConfigErrors> {

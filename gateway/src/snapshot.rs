@@ -100,6 +100,27 @@ pub struct BuildEnv<'a> {
     pub base_dir: &'a Path,
 }
 
+/// Why a validated config could not be built: a plugin that does not load or refuses
+/// its configuration, an upstream that cannot be set up. `key` is the config entry it
+/// concerns (`plugins[2]`), for the caller to give its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    pub key: String,
+    pub message: String,
+}
+
+impl BuildError {
+    fn at(key: String) -> impl FnOnce(String) -> BuildError {
+        move |message| BuildError { key, message }
+    }
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
 impl Snapshot {
     /// Compiles a validated config. `previous` lends unchanged upstreams and plugins.
     pub fn build(
@@ -107,11 +128,14 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         env: &BuildEnv<'_>,
         generation: u64,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, BuildError> {
         let metrics = env.metrics;
         let mut plugins: Vec<Arc<Plugin>> = Vec::with_capacity(config.plugins.len());
-        for pc in &config.plugins {
-            let fail = |e: String| format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm);
+        for (i, pc) in config.plugins.iter().enumerate() {
+            let fail = |e: String| {
+                let message = format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm);
+                BuildError::at(format!("plugins[{i}]"))(message)
+            };
             // The file is read once: its hash decides reuse, its bytes feed a new load.
             let (bytes, hash) = PluginHost::read_module(pc, env.base_dir).map_err(fail)?;
             let reused = previous.and_then(|p| {
@@ -132,25 +156,29 @@ impl Snapshot {
         let plugin_named = |name: &String| plugins.iter().find(|p| *p.name == **name).cloned();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut by_name: HashMap<&str, usize> = HashMap::new();
-        for uc in &config.upstreams {
+        for (i, uc) in config.upstreams.iter().enumerate() {
             let reused =
                 previous.and_then(|p| p.upstreams.iter().find(|u| u.config == *uc).cloned());
             let up = match reused {
                 Some(u) => u,
-                None => Arc::new(
-                    Upstream::build(uc).map_err(|e| format!("upstream `{}`: {e}", uc.name))?,
-                ),
+                None => Arc::new(Upstream::build(uc).map_err(|e| {
+                    BuildError::at(format!("upstreams[{i}]"))(format!(
+                        "upstream `{}`: {e}",
+                        uc.name
+                    ))
+                })?),
             };
             by_name.insert(&uc.name, upstreams.len());
             upstreams.push(up);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
-        for rc in &config.routes {
+        for (r, rc) in config.routes.iter().enumerate() {
+            let at = || BuildError::at(format!("routes[{r}]"));
             let action = match (&rc.upstream, &rc.respond) {
                 (Some(name), _) => {
-                    let i = by_name
-                        .get(name.as_str())
-                        .ok_or_else(|| format!("route `{}`: unknown upstream `{name}`", rc.name))?;
+                    let i = by_name.get(name.as_str()).ok_or_else(|| {
+                        at()(format!("route `{}`: unknown upstream `{name}`", rc.name))
+                    })?;
                     Action::Proxy(upstreams[*i].clone())
                 }
                 (
@@ -173,7 +201,7 @@ impl Snapshot {
                         })
                         .collect(),
                 },
-                (None, None) => return Err(format!("route `{}` has no action", rc.name)),
+                (None, None) => return Err(at()(format!("route `{}` has no action", rc.name))),
             };
             routes.push(Route {
                 name: rc.name.as_str().into(),
@@ -197,7 +225,11 @@ impl Snapshot {
             Some(tls) => CertStore::new(
                 tls.certs
                     .iter()
-                    .map(CertifiedKey::load)
+                    .enumerate()
+                    .map(|(i, c)| {
+                        CertifiedKey::load(c)
+                            .map_err(BuildError::at(format!("server.tls.certs[{i}]")))
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             None => CertStore::default(),

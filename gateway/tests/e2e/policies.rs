@@ -273,7 +273,12 @@ plugins = ["key-auth"]
     );
     let (ok, out) = weir_check(&cfg);
     assert!(!ok);
-    assert!(out.contains("plugin `key-auth`"), "{out}");
+    // At the line of the plugin's `[[plugins]]` entry.
+    let line = 1 + cfg.lines().position(|l| l == "[[plugins]]").unwrap();
+    assert!(
+        out.contains(&format!(".toml:{line}: `plugins[0]`: plugin `key-auth`")),
+        "{out}"
+    );
     assert!(
         out.contains("consumers: give at least one consumer with a key"),
         "{out}"
