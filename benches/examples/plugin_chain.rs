@@ -30,6 +30,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The key every request carries (key-auth's only consumer has it).
 const KEY: &str = "bench-key-0123456789";
+/// An HS256 token for jwt-auth's configuration below (`sub` bench, expiring in 2100),
+/// sent when the chain has jwt-auth.
+const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0.FuWv6li7H9xhivSF2D0tfq5_iQ--WJi5jDnTNF9E8Mc";
 
 /// The configurations of `benches/compare.py` for the built-in policies it runs.
 fn builtin_config(name: &str) -> &'static str {
@@ -37,6 +40,9 @@ fn builtin_config(name: &str) -> &'static str {
         "transform" => r#"{ request = { headers = { set = { x-gateway = "weir" } } } }"#,
         "key-auth" => r#"{ consumers = [{ name = "bench", keys = ["bench-key-0123456789"] }] }"#,
         "rate-limit" => r#"{ key = "consumer", limit = 100000000, window = "1h" }"#,
+        "jwt-auth" => {
+            r#"{ keys = [{ kid = "hs", alg = "HS256", secret = "bench-secret-of-thirty-two-bytes" }] }"#
+        }
         _ => "{}",
     }
 }
@@ -88,6 +94,11 @@ fn main() -> Result<(), String> {
         ("x-request-id", "0123456789abcdef0123456789abcdef"),
     ] {
         req.insert_header(n, v).map_err(|e| e.to_string())?;
+    }
+    if specs.iter().any(|s| s.starts_with("jwt-auth")) {
+        let bearer = format!("Bearer {JWT}");
+        req.insert_header("authorization", bearer)
+            .map_err(|e| e.to_string())?;
     }
     let mut resp = ResponseHeader::build_no_case(200, None).map_err(|e| e.to_string())?;
     for (n, v) in [

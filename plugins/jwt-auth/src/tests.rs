@@ -1363,3 +1363,52 @@ fn the_documented_config_loads_from_toml() {
     );
     deny_token(&p, &t, "no `aud` claim");
 }
+
+// ---- the cache of verified tokens ---------------------------------------------------
+
+#[test]
+fn a_token_seen_again_skips_verification_but_not_the_claim_checks() {
+    let p = policy(config(json!({})));
+    let t = token(By::Rs(RSA_PRIVATE), "rsa", json!({"exp": NOW + 60}));
+    pass(&p, bearer_req(&t));
+    assert_eq!(p.verified.len(), 1);
+    let req = pass(&p, bearer_req(&t));
+    assert_eq!(req.consumer(), Some("alice"));
+    assert_eq!(p.verified.len(), 1);
+    // The claims are checked again on a cached token: expired after exp + leeway.
+    deny(&p, bearer_req(&t).at(at(NOW as f64 + 91.0)), "expired");
+    // A token one byte off a cached one is a different token, verified on its own.
+    let mut forged = t.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    deny(&p, bearer_req(&forged), "");
+    assert_eq!(p.verified.len(), 1);
+}
+
+#[test]
+fn only_tokens_that_pass_are_cached_and_the_cache_is_bounded() {
+    let p = policy(config(json!({"max_token_size": 16384})));
+    let forged = token(By::Hs("another-secret-of-thirty-two-by!"), "hs", json!({}));
+    deny_token(&p, &forged, "signature");
+    deny_token(&p, &forged, "signature");
+    let expired = token(By::Hs(SECRET), "hs", json!({"exp": NOW - 3600}));
+    deny_token(&p, &expired, "expired");
+    assert_eq!(p.verified.len(), 0);
+    // By count.
+    for i in 0..VERIFIED_MAX_TOKENS + 10 {
+        let t = token(By::Hs(SECRET), "hs", json!({"sub": format!("user-{i}")}));
+        pass(&p, bearer_req(&t));
+        assert!(p.verified.len() <= VERIFIED_MAX_TOKENS);
+    }
+    // By bytes: tokens of about 10 KiB.
+    for i in 0..2 * VERIFIED_MAX_BYTES / 10_000 {
+        let pad = "x".repeat(7_500);
+        let t = token(
+            By::Hs(SECRET),
+            "hs",
+            json!({"sub": format!("big-{i}"), "pad": pad}),
+        );
+        pass(&p, bearer_req(&t));
+        assert!(p.verified.bytes.get() <= VERIFIED_MAX_BYTES);
+    }
+}
