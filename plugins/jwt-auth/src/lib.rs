@@ -227,10 +227,10 @@ pub struct JwtAuth {
 /// every request until it expires: a token seen again skips the decoding, the signature
 /// check and the JSON parse (with HS256, 61k -> 22k instructions per request in the
 /// lifecycle harness; RSA and ECDSA checks cost more); the time, issuer and audience
-/// rules are checked again every time. Looked
-/// up by the whole token in a SipHash map with a random key, so a client cannot aim
-/// comparisons at a stored token. Bounded by [`VERIFIED_MAX_TOKENS`] and
-/// [`VERIFIED_MAX_BYTES`]: a full cache is emptied. Per VM, as everything in a policy.
+/// rules are checked again every time. Looked up by the whole token in a SipHash map
+/// with a random key, so a client cannot aim comparisons at a stored token. Bounded by
+/// [`VERIFIED_MAX_TOKENS`] and [`VERIFIED_MAX_BYTES`]: a full cache is emptied. Per VM,
+/// as everything in a policy.
 #[derive(Default)]
 struct Verified {
     tokens: RefCell<HashMap<String, Claims>>,
