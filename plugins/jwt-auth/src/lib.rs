@@ -240,9 +240,9 @@ struct Verified {
 /// A verified token's claims, shared by the cache and the request.
 type Claims = Rc<Map<String, Value>>;
 
-/// Most tokens [`Verified`] holds.
+/// Most verified tokens a VM remembers (see the crate docs, "Tokens seen before").
 pub const VERIFIED_MAX_TOKENS: usize = 1024;
-/// Most token bytes [`Verified`] holds.
+/// Most bytes of verified tokens a VM remembers.
 pub const VERIFIED_MAX_BYTES: usize = 512 * 1024;
 
 /// The number of tokens only: they are credentials.
