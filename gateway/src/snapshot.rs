@@ -110,14 +110,8 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    fn at(key: String) -> impl FnOnce(String) -> BuildError {
-        move |message| BuildError { key, message }
-    }
-}
-
-impl std::fmt::Display for BuildError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}`: {}", self.key, self.message)
+    fn new(key: String, message: String) -> BuildError {
+        BuildError { key, message }
     }
 }
 
@@ -134,7 +128,7 @@ impl Snapshot {
         for (i, pc) in config.plugins.iter().enumerate() {
             let fail = |e: String| {
                 let message = format!("plugin `{}` (`{}`): {e}", pc.name, pc.wasm);
-                BuildError::at(format!("plugins[{i}]"))(message)
+                BuildError::new(format!("plugins[{i}]"), message)
             };
             // The file is read once: its hash decides reuse, its bytes feed a new load.
             let (bytes, hash) = PluginHost::read_module(pc, env.base_dir).map_err(fail)?;
@@ -162,10 +156,10 @@ impl Snapshot {
             let up = match reused {
                 Some(u) => u,
                 None => Arc::new(Upstream::build(uc).map_err(|e| {
-                    BuildError::at(format!("upstreams[{i}]"))(format!(
-                        "upstream `{}`: {e}",
-                        uc.name
-                    ))
+                    BuildError::new(
+                        format!("upstreams[{i}]"),
+                        format!("upstream `{}`: {e}", uc.name),
+                    )
                 })?),
             };
             by_name.insert(&uc.name, upstreams.len());
@@ -173,11 +167,11 @@ impl Snapshot {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (r, rc) in config.routes.iter().enumerate() {
-            let at = || BuildError::at(format!("routes[{r}]"));
+            let at = |message| BuildError::new(format!("routes[{r}]"), message);
             let action = match (&rc.upstream, &rc.respond) {
                 (Some(name), _) => {
                     let i = by_name.get(name.as_str()).ok_or_else(|| {
-                        at()(format!("route `{}`: unknown upstream `{name}`", rc.name))
+                        at(format!("route `{}`: unknown upstream `{name}`", rc.name))
                     })?;
                     Action::Proxy(upstreams[*i].clone())
                 }
@@ -201,7 +195,7 @@ impl Snapshot {
                         })
                         .collect(),
                 },
-                (None, None) => return Err(at()(format!("route `{}` has no action", rc.name))),
+                (None, None) => return Err(at(format!("route `{}` has no action", rc.name))),
             };
             routes.push(Route {
                 name: rc.name.as_str().into(),
@@ -228,7 +222,7 @@ impl Snapshot {
                     .enumerate()
                     .map(|(i, c)| {
                         CertifiedKey::load(c)
-                            .map_err(BuildError::at(format!("server.tls.certs[{i}]")))
+                            .map_err(|e| BuildError::new(format!("server.tls.certs[{i}]"), e))
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 /// What a request's context keeps for later hooks.
 #[derive(Default)]
-struct Vars {
+struct Kept {
     /// [`Request::set_var`].
     vars: BTreeMap<String, String>,
     /// [`Request::set_response_header`] calls a host that cannot take them before the
@@ -98,7 +98,7 @@ impl<P> Contexts<P> {
             .and_then(|(_, p)| p.clone());
         Http {
             policy,
-            vars: Vars::default(),
+            kept: Kept::default(),
             answered: false,
             body: BodyAccess::Ignore,
             seen: 0,
@@ -165,7 +165,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
         let action = h.on_request_headers(end);
         let later = !h.answered
             && (h.policy.as_ref().is_some_and(|p| p.uses_response())
-                || !h.vars.response_headers.is_empty()
+                || !h.kept.response_headers.is_empty()
                 || (!end && !matches!(h.body, BodyAccess::Ignore)));
         if later {
             self.http.push((id, h));
@@ -205,7 +205,7 @@ impl<P: Policy> abi::Filter for Contexts<P> {
 /// One per request.
 struct Http<P> {
     policy: Option<Rc<P>>,
-    vars: Vars,
+    kept: Kept,
     /// This policy answered the request locally: its response hook is skipped.
     answered: bool,
     /// What the policy asked to see of the request body.
@@ -220,13 +220,13 @@ struct Http<P> {
 impl<P: Policy> Http<P> {
     fn on_request_headers(&mut self, end_of_stream: bool) -> u32 {
         let Http {
-            policy, vars, body, ..
+            policy, kept, body, ..
         } = self;
         let decision = match policy {
             Some(policy) => {
-                let decision = policy.on_request(&mut HostRequest::new(vars));
+                let decision = policy.on_request(&mut HostRequest::new(kept));
                 if decision.is_continue() && !end_of_stream {
-                    *body = policy.request_body(&HostRequest::new(vars));
+                    *body = policy.request_body(&HostRequest::new(kept));
                 }
                 decision
             }
@@ -239,7 +239,7 @@ impl<P: Policy> Http<P> {
                     500,
                     "plugin_unavailable",
                     "a plugin of this route is not configured",
-                    &HostRequest::new(vars),
+                    &HostRequest::new(kept),
                 )
             }
         };
@@ -249,7 +249,7 @@ impl<P: Policy> Http<P> {
     fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
         let Http {
             policy: Some(policy),
-            vars,
+            kept,
             body,
             seen,
             answered: false,
@@ -270,7 +270,7 @@ impl<P: Policy> Http<P> {
             seen: *seen,
             end: end_of_stream,
         };
-        let decision = policy.on_request_body(&HostRequest::new(vars), &view);
+        let decision = policy.on_request_body(&HostRequest::new(kept), &view);
         self.apply(decision)
     }
 
@@ -278,15 +278,15 @@ impl<P: Policy> Http<P> {
         if self.answered {
             return abi::CONTINUE;
         }
-        let Http { policy, vars, .. } = self;
+        let Http { policy, kept, .. } = self;
         let mut response = HostResponse::new();
-        for (name, value) in std::mem::take(&mut vars.response_headers) {
+        for (name, value) in std::mem::take(&mut kept.response_headers) {
             response.headers_mut().set(&name, &value);
         }
         let Some(policy) = policy else {
             return abi::CONTINUE;
         };
-        let decision = policy.on_response(&HostRequest::new(vars), &mut response);
+        let decision = policy.on_response(&HostRequest::new(kept), &mut response);
         self.apply(decision)
     }
 }
@@ -432,7 +432,7 @@ fn with_path<R>(path: &[&str], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
 /// The request of the current HTTP context; facts fetched on first use.
 struct HostRequest<'a> {
     headers: HostHeaders,
-    vars: &'a mut Vars,
+    kept: &'a mut Kept,
     target: OnceCell<String>,
     method: OnceCell<String>,
     scheme: OnceCell<String>,
@@ -443,12 +443,12 @@ struct HostRequest<'a> {
 }
 
 impl<'a> HostRequest<'a> {
-    fn new(vars: &'a mut Vars) -> HostRequest<'a> {
+    fn new(kept: &'a mut Kept) -> HostRequest<'a> {
         HostRequest {
             headers: HostHeaders {
                 map: abi::REQUEST_HEADERS,
             },
-            vars,
+            kept,
             target: OnceCell::new(),
             method: OnceCell::new(),
             scheme: OnceCell::new(),
@@ -522,7 +522,7 @@ impl RequestInfo for HostRequest<'_> {
     }
 
     fn var(&self, name: &str) -> Option<&str> {
-        self.vars.vars.get(name).map(String::as_str)
+        self.kept.vars.get(name).map(String::as_str)
     }
 
     fn store(&self) -> &dyn SharedStore {
@@ -565,7 +565,7 @@ impl Request for HostRequest<'_> {
     }
 
     fn set_var(&mut self, name: &str, value: &str) {
-        self.vars.vars.insert(name.to_string(), value.to_string());
+        self.kept.vars.insert(name.to_string(), value.to_string());
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
@@ -581,7 +581,7 @@ impl Request for HostRequest<'_> {
             abi::NOT_FOUND => {
                 if !refused("response header", validate_header(name, value)) {
                     let name = name.to_ascii_lowercase();
-                    let headers = &mut self.vars.response_headers;
+                    let headers = &mut self.kept.response_headers;
                     headers.retain(|(n, _)| *n != name);
                     headers.push((name, value.to_owned()));
                 }

@@ -358,12 +358,9 @@ fn queue_response_edit(st: &mut HostState, key: Vec<u8>, value: &[u8], edit: Edi
     if !is_token(&key) {
         return Status::BadArgument;
     }
-    let value = match edit {
-        Edit::Remove => None,
-        _ => match HeaderValue::from_bytes(value) {
-            Ok(v) => Some(v),
-            Err(_) => return Status::BadArgument,
-        },
+    // A removal has an empty value.
+    let Ok(value) = HeaderValue::from_bytes(value) else {
+        return Status::BadArgument;
     };
     match st
         .response_edits_mut()

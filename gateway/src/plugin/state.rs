@@ -134,7 +134,7 @@ pub enum Edit {
 /// upstream's response before any plugin's response hook sees it. A policy that knows
 /// its response headers early (rate-limit's counts) then needs no response hook.
 #[derive(Debug, Default)]
-pub struct ResponseEdits(Vec<(Edit, Bytes, Option<HeaderValue>)>);
+pub struct ResponseEdits(Vec<(Edit, Bytes, HeaderValue)>);
 
 impl ResponseEdits {
     /// Most writes one request may queue; a plugin queueing more gets `BadArgument`.
@@ -153,8 +153,9 @@ impl ResponseEdits {
     }
 
     /// Queues a write of a lower-case header `name` that is a valid token (checked by
-    /// the caller); `false` (and nothing queued) once [`Self::MAX`] are queued.
-    pub fn push(&mut self, edit: Edit, name: Bytes, value: Option<HeaderValue>) -> bool {
+    /// the caller; `value` is unused by a removal); `false` (and nothing queued) once
+    /// [`Self::MAX`] are queued.
+    pub fn push(&mut self, edit: Edit, name: Bytes, value: HeaderValue) -> bool {
         if self.0.len() >= Self::MAX {
             return false;
         }
@@ -166,10 +167,10 @@ impl ResponseEdits {
     pub fn apply(&mut self, head: &mut ResponseHeader) {
         use crate::headers::EditableHead;
         for (edit, name, value) in self.0.drain(..) {
-            let r = match (edit, value) {
-                (Edit::Replace, Some(v)) => head.insert(name, v),
-                (Edit::Add, Some(v)) => head.append(name, v),
-                _ => {
+            let r = match edit {
+                Edit::Replace => head.insert(name, value),
+                Edit::Add => head.append(name, value),
+                Edit::Remove => {
                     if let Ok(name) = HeaderName::from_bytes(&name) {
                         head.remove(&name);
                     }
@@ -269,8 +270,8 @@ impl HostState {
 mod tests {
     use super::*;
 
-    fn value(v: &'static str) -> Option<HeaderValue> {
-        Some(HeaderValue::from_static(v))
+    fn value(v: &'static str) -> HeaderValue {
+        HeaderValue::from_static(v)
     }
 
     #[test]
@@ -279,7 +280,7 @@ mod tests {
         assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("1")));
         assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("2")));
         assert!(q.push(Edit::Replace, Bytes::from_static(b"x-b"), value("new")));
-        assert!(q.push(Edit::Remove, Bytes::from_static(b"x-c"), None));
+        assert!(q.push(Edit::Remove, Bytes::from_static(b"x-c"), value("")));
         let mut head = ResponseHeader::build_no_case(200, None).unwrap();
         head.insert_header("x-b", "old").unwrap();
         head.insert_header("x-c", "gone").unwrap();

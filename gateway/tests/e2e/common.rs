@@ -248,6 +248,14 @@ impl Resp {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// Every value of a header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).to_string()
     }
@@ -464,6 +472,8 @@ pub enum Reply {
     Delayed(Duration, Box<Reply>),
     /// Close the connection without answering.
     Close,
+    /// An interim response (`100 Continue`, say) with this status, then the reply.
+    Interim(u16, Box<Reply>),
 }
 
 impl Reply {
@@ -673,6 +683,13 @@ fn serve_conn<S: Read + Write>(
                     reply = *next;
                 }
                 Reply::Close => return,
+                Reply::Interim(status, next) => {
+                    let head = format!("HTTP/1.1 {status} X\r\n\r\n");
+                    if reader.get_mut().write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    reply = *next;
+                }
                 Reply::Send(status, extra, body) => {
                     let mut out = format!(
                         "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {}\r\n",

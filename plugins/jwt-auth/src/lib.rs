@@ -101,7 +101,7 @@ pub use keys::{KeyConfig, MIN_HS256_SECRET_BYTES, MIN_RSA_BITS};
 use keys::Key;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -234,7 +234,7 @@ pub struct JwtAuth {
 #[derive(Default)]
 struct Verified {
     tokens: RefCell<HashMap<String, Claims>>,
-    bytes: std::cell::Cell<usize>,
+    bytes: Cell<usize>,
 }
 
 /// A verified token's claims, shared by the cache and the request.
@@ -261,8 +261,9 @@ impl Verified {
 
     fn insert(&self, token: String, claims: Claims) {
         let mut tokens = self.tokens.borrow_mut();
-        let bytes = self.bytes.get() + token.len();
-        if tokens.len() >= VERIFIED_MAX_TOKENS || bytes > VERIFIED_MAX_BYTES {
+        if tokens.len() >= VERIFIED_MAX_TOKENS
+            || self.bytes.get() + token.len() > VERIFIED_MAX_BYTES
+        {
             tokens.clear();
             self.bytes.set(0);
         }
