@@ -8,6 +8,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main` (`_RJEM_MALLOC_CONF` in the environment
+/// still overrides them).
+///
+/// `tcache_max:65536`: the thread caches keep freed blocks up to 64 KiB, not just up
+/// to jemalloc's default 32 KiB. Pingora gives every upstream response body a 64 KiB
+/// read buffer, so without it each proxied request took one "large" allocation and
+/// free through the arena (extent search, coalescing), ~3k instructions. A thread caches
+/// at most 20 blocks of a large class: 1.25 MiB per worker at most.
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    // SAFETY: a pointer to the first byte of a NUL-terminated static string.
+    Some(unsafe { &*c"tcache_max:65536".as_ptr() });
+
 /// Weir, a programmable API gateway on Pingora.
 #[derive(Parser)]
 #[command(name = "weir", version, about)]

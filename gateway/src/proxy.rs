@@ -30,6 +30,7 @@ use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
 use crate::gateway::Gateway;
 use crate::headers::{self, EditableHead};
+use crate::net::TrustedProxies;
 use crate::plugin::{
     Active, LocalResponse, PendingCall, Properties, RequestInfo, ResponseEdits, Verdict, Views,
 };
@@ -214,6 +215,51 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
 
+/// The forwarding headers for the upstream. `x-forwarded-for` gets the TCP peer
+/// appended: to the client's value when the peer is a trusted proxy, replacing it
+/// otherwise. `x-forwarded-proto` and `x-forwarded-host` are kept from a trusted proxy
+/// and set otherwise (from `tls`, and from the Host header or the target's authority).
+type Forwarding = [Option<(HeaderName, HeaderValue)>; 3];
+fn forwarding(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    trusted: &TrustedProxies,
+    tls: bool,
+) -> Result<Forwarding> {
+    let trusted = peer.is_some_and(|p| trusted.contains(p));
+    let h = &req.headers;
+    let xff = peer.map(|p| {
+        let mut v = Vec::with_capacity(48);
+        // Looked up only when it is believed.
+        if let Some(prev) = trusted.then(|| h.get(X_FORWARDED_FOR_NAME)).flatten() {
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+        }
+        crate::net::push_ip(&mut v, p);
+        v
+    });
+    // The previous value was a valid header value, and so is an address after it.
+    let xff = xff
+        .map(|v| HeaderValue::from_maybe_shared(Bytes::from(v)))
+        .transpose()
+        .map_err(|e| Error::because(InternalError, "x-forwarded-for", e))?;
+    let proto = (!(trusted && h.contains_key(X_FORWARDED_PROTO_NAME)))
+        .then(|| HeaderValue::from_static(if tls { "https" } else { "http" }));
+    let host = (!(trusted && h.contains_key(X_FORWARDED_HOST_NAME)))
+        .then(|| {
+            h.get(HOST).cloned().or_else(|| {
+                let authority = req.uri.authority()?;
+                HeaderValue::from_str(authority.as_str()).ok()
+            })
+        })
+        .flatten();
+    Ok([
+        xff.map(|v| (X_FORWARDED_FOR_NAME, v)),
+        proto.map(|v| (X_FORWARDED_PROTO_NAME, v)),
+        host.map(|v| (X_FORWARDED_HOST_NAME, v)),
+    ])
+}
+
 fn apply_edits(h: &mut impl EditableHead, edits: &HeaderEdits) -> Result<()> {
     for name in &edits.remove {
         h.remove(name);
@@ -344,8 +390,9 @@ impl ProxyHttp for WeirProxy {
         })
     }
 
-    /// Pins the snapshot, settles the request id, matches the route; answers locally
-    /// when the route says so or nothing matches.
+    /// Pins the snapshot, settles the request id, matches the route, writes the
+    /// forwarding headers, runs the plugins' request hooks; answers locally when the
+    /// route or a plugin says so, or nothing matches.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // Moved into the context once the route is known; early answers (431, 400, 404)
         // have no route and do not need it afterwards.
@@ -411,19 +458,32 @@ impl ProxyHttp for WeirProxy {
         };
         ctx.route = Some(m.route);
         ctx.matched_len = m.matched_len;
-        // The downstream head loses its header-name case here, before pingora clones it
-        // for the upstream and plugins write to it (`headers::write`), with room for the
-        // plugins' writes so the map grows once.
+        // The request id and the forwarding headers are written to the downstream head,
+        // before the plugins (which see them, as in Envoy) and before pingora clones the
+        // head for each upstream attempt: one head conversion and one map growth for
+        // all of them. The head loses its header-name case here (`headers::write`),
+        // with room for the plugins' writes so the map grows once.
+        let route = &snap.routes[m.route];
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let [xff, proto, fhost] = match route.action {
+            Action::Respond { .. } => [None, None, None],
+            Action::Proxy(_) => forwarding(session.req_header(), ctx.peer_ip, &snap.trusted, tls)?,
+        };
         let keep_case = snap.config.server.preserve_header_case;
         let id = new_id.then(|| (X_REQUEST_ID_NAME, ctx.request_id.clone()));
-        let room = PLUGIN_HEADER_ROOM * snap.routes[m.route].plugins.len();
-        headers::write(session.req_header_mut(), keep_case, [id], room)?;
-        if !snap.routes[m.route].plugins.is_empty() {
+        let room = PLUGIN_HEADER_ROOM * route.plugins.len();
+        headers::write(
+            session.req_header_mut(),
+            keep_case,
+            [id, xff, proto, fhost],
+            room,
+        )?;
+        if !route.plugins.is_empty() {
             let info = RequestInfo {
                 client: client_addr(session, ctx.client_ip),
-                route: Some(snap.routes[m.route].name.clone()),
+                route: Some(route.name.clone()),
                 request_id: id_str(&ctx.request_id).to_owned(),
-                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                tls,
                 upstreams: snap.upstream_names.clone(),
             };
             let no_body = session.as_mut().is_body_empty();
@@ -565,10 +625,10 @@ impl ProxyHttp for WeirProxy {
         Ok(Box::new(up.peer(i)))
     }
 
-    /// Rewrites the path, sets forwarding headers, applies the route's header edits.
+    /// Rewrites the path and applies the route's header edits.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -605,44 +665,6 @@ impl ProxyHttp for WeirProxy {
             upstream_request.set_uri(new_uri);
         }
 
-        // Forwarding headers: believe the client's only when the peer is a trusted proxy.
-        let peer = ctx.peer_ip;
-        let trusted = peer.is_some_and(|p| snap.trusted.contains(p));
-        let h = &upstream_request.headers;
-        let xff = peer.map(|p| {
-            let mut v = Vec::with_capacity(48);
-            // Looked up only when it is believed.
-            if let Some(prev) = trusted.then(|| h.get(X_FORWARDED_FOR_NAME)).flatten() {
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-            }
-            crate::net::push_ip(&mut v, p);
-            v
-        });
-        // The previous value was a valid header value, and so is an address after it.
-        let xff = xff
-            .map(|v| HeaderValue::from_maybe_shared(Bytes::from(v)))
-            .transpose()
-            .map_err(|e| Error::because(InternalError, "x-forwarded-for", e))?;
-        let proto = (!(trusted && h.contains_key(X_FORWARDED_PROTO_NAME))).then(|| {
-            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            HeaderValue::from_static(if tls { "https" } else { "http" })
-        });
-        let host = (!(trusted && h.contains_key(X_FORWARDED_HOST_NAME)))
-            .then(|| {
-                h.get(HOST).cloned().or_else(|| {
-                    let authority = upstream_request.uri.authority()?;
-                    HeaderValue::from_str(authority.as_str()).ok()
-                })
-            })
-            .flatten();
-        let forwarding = [
-            xff.map(|v| (X_FORWARDED_FOR_NAME, v)),
-            proto.map(|v| (X_FORWARDED_PROTO_NAME, v)),
-            host.map(|v| (X_FORWARDED_HOST_NAME, v)),
-        ];
-        let keep_case = snap.config.server.preserve_header_case;
-        headers::write(upstream_request, keep_case, forwarding, 0)?;
         if !route.request_headers.is_empty() {
             apply_edits(upstream_request, &route.request_headers)?;
         }
