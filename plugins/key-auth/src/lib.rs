@@ -50,6 +50,13 @@
 //! - the presented key is hashed with SHA-256 and the digest looked up among the
 //!   digests of the configured keys: no comparison ever involves a stored key's bytes,
 //!   so response timing tells nothing about them;
+//! - a key that matched is remembered (per VM, at most 4,096 keys; a full memory is
+//!   emptied) by a 128-bit tag: two SipHash values of the key under a random secret
+//!   key drawn when the plugin starts. A key seen again is looked up by its tag and
+//!   skips SHA-256 (3.5k of the policy's 6.5k instructions per request in wasm). Only
+//!   tags are compared, never a key's bytes, and only keys that matched are
+//!   remembered: a client cannot fill the memory, nor learn anything from it, since
+//!   without the secret it cannot compute a tag;
 //! - prefer `key_hashes` (or `${ENV}` in `keys`) to plain keys in the config file;
 //!   config errors point at keys by position and never print them;
 //! - counters on the gateway's `/metrics`, as `weir_plugin_counter{plugin,name}`:
@@ -69,7 +76,10 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::rc::Rc;
 use weir_plugin_sdk::log;
 use weir_plugin_sdk::metrics::Counter;
 use weir_plugin_sdk::prelude::*;
@@ -83,6 +93,9 @@ pub const MAX_KEY_LEN: usize = 1024;
 
 /// The longest consumer name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// Most matched keys a VM remembers (see the security notes in the crate docs).
+pub const VERIFIED_MAX_KEYS: usize = 4096;
 
 static ALLOWED: Counter = Counter::new("key_auth_allowed_total");
 static REJECTED_MISSING: Counter = Counter::new("key_auth_rejected_missing_total");
@@ -137,11 +150,53 @@ pub struct KeyAuth {
     query: Option<String>,
     hide_credentials: bool,
     /// Key digest → consumer name.
-    consumers: BTreeMap<KeyDigest, String>,
+    consumers: BTreeMap<KeyDigest, Rc<str>>,
+    /// Keys that matched, by tag.
+    verified: Verified,
     /// The 401 message for a request without a key.
     missing_message: String,
     /// The `www-authenticate` value of both 401s.
     challenge: String,
+}
+
+/// Keys that matched a consumer, remembered by a 128-bit tag of a secret-keyed hash:
+/// a key seen again skips SHA-256. Only keys that matched are inserted, and the map is
+/// emptied when full ([`VERIFIED_MAX_KEYS`]).
+struct Verified {
+    /// SipHash with a random key (std draws it from the host's `random_get`).
+    hasher: RandomState,
+    tags: RefCell<BTreeMap<u128, Rc<str>>>,
+}
+
+impl Verified {
+    fn new() -> Verified {
+        Verified {
+            hasher: RandomState::new(),
+            tags: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Two 64-bit values of the keyed hash: of the key, and of the key and one more
+    /// byte (two distinct inputs, one pass over the key).
+    fn tag(&self, key: &str) -> u128 {
+        let mut h = self.hasher.build_hasher();
+        h.write(key.as_bytes());
+        let first = h.finish();
+        h.write_u8(0xff);
+        u128::from(first) << 64 | u128::from(h.finish())
+    }
+
+    fn get(&self, tag: u128) -> Option<Rc<str>> {
+        self.tags.borrow().get(&tag).cloned()
+    }
+
+    fn insert(&self, tag: u128, consumer: Rc<str>) {
+        let mut tags = self.tags.borrow_mut();
+        if tags.len() >= VERIFIED_MAX_KEYS {
+            tags.clear();
+        }
+        tags.insert(tag, consumer);
+    }
 }
 
 /// Where the presented key came from, for logs.
@@ -197,6 +252,7 @@ impl Policy for KeyAuth {
             query: config.query,
             hide_credentials: config.hide_credentials,
             consumers,
+            verified: Verified::new(),
             missing_message,
             challenge,
         })
@@ -217,7 +273,7 @@ impl Policy for KeyAuth {
         };
         // An over-long key is no key of ours: not worth hashing.
         let consumer = (key.len() <= MAX_KEY_LEN)
-            .then(|| self.consumers.get(&digest(&key)))
+            .then(|| self.consumer(&key))
             .flatten();
         let Some(consumer) = consumer else {
             REJECTED_INVALID.inc();
@@ -230,8 +286,8 @@ impl Policy for KeyAuth {
             return self.unauthorized("invalid API key", req);
         };
         ALLOWED.inc();
-        req.set_consumer(consumer);
-        req.headers_mut().set(CONSUMER_HEADER, consumer);
+        req.set_consumer(&consumer);
+        req.headers_mut().set(CONSUMER_HEADER, &consumer);
         if self.hide_credentials {
             req.headers_mut().remove(&self.header);
             if let Some(q) = &self.query {
@@ -245,6 +301,17 @@ impl Policy for KeyAuth {
 weir_plugin_sdk::export_policy!(KeyAuth);
 
 impl KeyAuth {
+    /// The consumer `key` belongs to: remembered, or found by the key's digest.
+    fn consumer(&self, key: &str) -> Option<Rc<str>> {
+        let tag = self.verified.tag(key);
+        if let Some(consumer) = self.verified.get(tag) {
+            return Some(consumer);
+        }
+        let consumer = self.consumers.get(&digest(key))?.clone();
+        self.verified.insert(tag, consumer.clone());
+        Some(consumer)
+    }
+
     /// The non-empty key of the header, else of the query parameter.
     fn presented_key(&self, req: &dyn RequestInfo) -> Option<(String, Source)> {
         if let Some(key) = req.headers().get(&self.header).filter(|k| !k.is_empty()) {
@@ -272,7 +339,7 @@ impl KeyAuth {
 fn consumer_keys(
     consumers: &[ConsumerConfig],
     errors: &mut Vec<String>,
-) -> BTreeMap<KeyDigest, String> {
+) -> BTreeMap<KeyDigest, Rc<str>> {
     if consumers.is_empty() {
         errors.push("consumers: give at least one consumer with a key".into());
     }
@@ -313,7 +380,7 @@ fn consumer_keys(
                         continue;
                     }
                     seen.insert(digest, place);
-                    by_digest.insert(digest, consumer.name.clone());
+                    by_digest.insert(digest, Rc::from(consumer.name.as_str()));
                 }
             }
         }

@@ -521,6 +521,47 @@ fn near_misses_are_refused() {
 }
 
 #[test]
+fn matched_keys_are_remembered_and_only_they() {
+    let p = standard();
+    let remembered = || p.verified.tags.borrow().len();
+    for key in ["nope", "alice-key-", "test "] {
+        refuse(&p, MockRequest::get("/").header("x-api-key", key));
+    }
+    assert_eq!(remembered(), 0, "a refused key is never remembered");
+    for round in 0..2 {
+        for (key, consumer) in [("alice-key-1", "alice"), ("alice-key-2", "alice"), ("test", "bob")] {
+            let req = pass(&p, MockRequest::get("/").header("x-api-key", key));
+            assert_eq!(req.consumer(), Some(consumer), "{key}, round {round}");
+            assert_eq!(req.headers().get(CONSUMER_HEADER).as_deref(), Some(consumer));
+        }
+        assert_eq!(remembered(), 3, "round {round}");
+        // A key one byte off a remembered one is looked up on its own, and refused.
+        for key in ["alice-key-1 ", "alice-key-", "tesT"] {
+            refuse(&p, MockRequest::get("/").header("x-api-key", key));
+        }
+        assert_eq!(remembered(), 3);
+    }
+    // Tags come from a secret drawn per VM: another instance tags the same key otherwise.
+    assert_ne!(standard().verified.tag("alice-key-1"), p.verified.tag("alice-key-1"));
+}
+
+#[test]
+fn the_memory_of_matched_keys_is_bounded() {
+    let keys: Vec<String> = (0..=VERIFIED_MAX_KEYS).map(|i| format!("key-{i}")).collect();
+    let p = policy(json!({"consumers": [{"name": "many", "keys": keys}]}));
+    for (i, key) in keys.iter().enumerate() {
+        let req = pass(&p, MockRequest::get("/").header("x-api-key", key));
+        assert_eq!(req.consumer(), Some("many"));
+        // Full after VERIFIED_MAX_KEYS keys: the next one empties it first.
+        let expected = if i < VERIFIED_MAX_KEYS { i + 1 } else { 1 };
+        assert_eq!(p.verified.tags.borrow().len(), expected, "after key {i}");
+    }
+    // A forgotten key is checked again, and still passes.
+    let req = pass(&p, MockRequest::get("/").header("x-api-key", "key-0"));
+    assert_eq!(req.consumer(), Some("many"));
+}
+
+#[test]
 fn odd_encodings_are_refused() {
     let p = standard();
     // Bytes that are not UTF-8 reach the policy as U+FFFD (the SDK's lossy decoding).
