@@ -62,13 +62,7 @@ fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
 
 fn write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
     let mem = memory(c).ok_or(Status::InternalFailure)?;
-    let ptr = ptr as u32 as usize;
-    let end = ptr.checked_add(bytes.len()).ok_or(Status::BadArgument)?;
-    mem.data_mut(c)
-        .get_mut(ptr..end)
-        .ok_or(Status::BadArgument)?
-        .copy_from_slice(bytes);
-    Ok(())
+    put(mem.data_mut(c), ptr, bytes)
 }
 
 fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<(), Status> {
@@ -99,17 +93,29 @@ fn give(
     if addr == 0 && !bytes.is_empty() {
         return Ok(Status::InternalFailure);
     }
-    let r = (|| {
-        if !bytes.is_empty() {
-            write(c, addr, bytes)?;
-        }
-        write_u32(c, ret_ptr, addr as u32)?;
-        write_u32(c, ret_len, bytes.len() as u32)
-    })();
+    // One borrow of the memory for the three writes: each lookup of it is a few dozen
+    // instructions.
+    let Some(mem) = memory(c) else {
+        return Ok(Status::InternalFailure);
+    };
+    let data = mem.data_mut(c);
+    let r = put(data, addr, bytes)
+        .and_then(|()| put(data, ret_ptr, &(addr as u32).to_le_bytes()))
+        .and_then(|()| put(data, ret_len, &(bytes.len() as u32).to_le_bytes()));
     Ok(match r {
         Ok(()) => Status::Ok,
         Err(s) => s,
     })
+}
+
+/// Copies `bytes` to `ptr` of guest memory `data`, bounds-checked.
+fn put(data: &mut [u8], ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let ptr = ptr as u32 as usize;
+    let end = ptr.checked_add(bytes.len()).ok_or(Status::BadArgument)?;
+    data.get_mut(ptr..end)
+        .ok_or(Status::BadArgument)?
+        .copy_from_slice(bytes);
+    Ok(())
 }
 
 fn status(r: Result<Status, Status>) -> i32 {
@@ -268,9 +274,8 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     if protected(&key) {
         return Status::BadArgument;
     }
-    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-        return Status::BadArgument;
-    }
+    // A value with CR, LF or NUL is refused by the parse of each path below: `http`'s
+    // `HeaderValue`, `Uri` and `Method` take none of them.
     // Weir's extension: response headers written before there is a response are
     // queued and land on the upstream's response (`ResponseEdits`).
     if st.scope.phase == Some(Phase::RequestHeaders) && map == abi::MAP_RESPONSE_HEADERS {
@@ -374,11 +379,37 @@ fn queue_response_edit(st: &mut HostState, key: Vec<u8>, value: &[u8], edit: Edi
 
 /// A header name as `http` accepts it: one or more RFC 9110 token characters.
 fn is_token(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !name.is_empty() && name.iter().all(|&c| TCHAR[usize::from(c)])
 }
+
+/// Whether each byte is an RFC 9110 `tchar`: one lookup per byte of a name.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// A property's name from its ABI path: the path's segments are NUL-separated,
 /// properties are named with dots. Short paths (all of them in practice) are rewritten

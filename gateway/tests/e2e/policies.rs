@@ -337,6 +337,40 @@ plugins = ["key-auth", "limit"]
 }
 
 #[test]
+fn plugins_see_the_forwarding_headers_the_upstream_will() {
+    // Weir writes `x-forwarded-*` before the route's plugins run, as Envoy does: a
+    // plugin reads what the upstream would get (the client's claims already replaced,
+    // 127.0.0.1 not being a trusted proxy), and a change it makes stands.
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "move"
+wasm = "{plugin:transform}"
+config = { request = { headers = { rename = { x-forwarded-for = "x-seen-for", x-forwarded-proto = "x-seen-proto" } } } }
+[[routes]]
+name = "all"
+upstream = "app"
+plugins = ["move"]
+"#,
+    );
+    let r = Req::get("/x")
+        .header("host", "shop.example.org")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-seen-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-seen-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-for"), None);
+    assert_eq!(seen.header("x-forwarded-proto"), None);
+    assert_eq!(seen.header("x-forwarded-host"), Some("shop.example.org"));
+}
+
+#[test]
 fn sdk_contexts_end_with_the_last_callback_they_need() {
     // Policies built with the SDK make their contexts on demand and say when they are
     // done (`weir_unused_callbacks` bit 8): then no delete call follows, which the

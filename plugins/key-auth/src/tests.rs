@@ -529,10 +529,17 @@ fn matched_keys_are_remembered_and_only_they() {
     }
     assert_eq!(remembered(), 0, "a refused key is never remembered");
     for round in 0..2 {
-        for (key, consumer) in [("alice-key-1", "alice"), ("alice-key-2", "alice"), ("test", "bob")] {
+        for (key, consumer) in [
+            ("alice-key-1", "alice"),
+            ("alice-key-2", "alice"),
+            ("test", "bob"),
+        ] {
             let req = pass(&p, MockRequest::get("/").header("x-api-key", key));
             assert_eq!(req.consumer(), Some(consumer), "{key}, round {round}");
-            assert_eq!(req.headers().get(CONSUMER_HEADER).as_deref(), Some(consumer));
+            assert_eq!(
+                req.headers().get(CONSUMER_HEADER).as_deref(),
+                Some(consumer)
+            );
         }
         assert_eq!(remembered(), 3, "round {round}");
         // A key one byte off a remembered one is looked up on its own, and refused.
@@ -542,12 +549,17 @@ fn matched_keys_are_remembered_and_only_they() {
         assert_eq!(remembered(), 3);
     }
     // Tags come from a secret drawn per VM: another instance tags the same key otherwise.
-    assert_ne!(standard().verified.tag("alice-key-1"), p.verified.tag("alice-key-1"));
+    assert_ne!(
+        standard().verified.tag("alice-key-1"),
+        p.verified.tag("alice-key-1")
+    );
 }
 
 #[test]
 fn the_memory_of_matched_keys_is_bounded() {
-    let keys: Vec<String> = (0..=VERIFIED_MAX_KEYS).map(|i| format!("key-{i}")).collect();
+    let keys: Vec<String> = (0..=VERIFIED_MAX_KEYS)
+        .map(|i| format!("key-{i}"))
+        .collect();
     let p = policy(json!({"consumers": [{"name": "many", "keys": keys}]}));
     for (i, key) in keys.iter().enumerate() {
         let req = pass(&p, MockRequest::get("/").header("x-api-key", key));
