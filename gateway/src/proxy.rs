@@ -287,7 +287,8 @@ fn respond<'a>(
     body: Bytes,
 ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
-        let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
+        let room = headers.len() + 3 + ctx.response_edits.len();
+        let mut resp = ResponseHeader::build(status, Some(room))?;
         if let Some(ct) = content_type {
             resp.insert_header(CONTENT_TYPE, ct)?;
         }
@@ -296,6 +297,12 @@ fn respond<'a>(
         }
         resp.insert_header(CONTENT_LENGTH, body.len())?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        // What plugins set for the response during the request (rate-limit's counts)
+        // is the client's whatever answers: written over this response as over an
+        // upstream's (as Envoy runs its filters' encodeHeaders on a local reply).
+        if !ctx.response_edits.is_empty() {
+            ctx.response_edits.apply(&mut resp);
+        }
         ctx.local_status = Some(status);
         let head_only = session.req_header().method == http::Method::HEAD;
         session

@@ -206,14 +206,15 @@ pub trait Request: RequestInfo {
     fn set_var(&mut self, name: &str, value: &str);
 
     /// Sets a header of the response to this request now, replacing any of that name
-    /// the upstream sends: for what a policy knows before the response arrives (a
+    /// the response has: for what a policy knows before the response arrives (a
     /// rate limit's counts). Weir takes it at once and writes it to the upstream's
-    /// response before any response hook runs, so a policy that needs nothing else
-    /// there can answer `false` in [`Policy::uses_response`](crate::Policy::uses_response)
+    /// response before any response hook runs, or to the answer Weir or a later
+    /// policy gives instead (a 401, a 502), so a policy that needs nothing else there
+    /// can answer `false` in [`Policy::uses_response`](crate::Policy::uses_response)
     /// and skip the response hook. A host without that extension gets the header from
-    /// the SDK in the response hook (which such hosts always call). Not written to a
-    /// local answer (a [`Decision`](crate::Decision) carries its own headers). Refused
-    /// like [`Headers::set`], and for pseudo-headers.
+    /// the SDK in the response hook (which such hosts always call), so on it only the
+    /// upstream's response has it. Refused like [`Headers::set`], and for
+    /// pseudo-headers.
     fn set_response_header(&mut self, name: &str, value: &str);
 }
 

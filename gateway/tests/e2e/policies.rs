@@ -371,6 +371,61 @@ plugins = ["move"]
 }
 
 #[test]
+fn headers_set_during_the_request_reach_the_answers_weir_gives() {
+    // rate-limit sets its counts during the request (`set_response_header`): they are
+    // the client's whatever answers, a later plugin's 401 or Weir's own 502.
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        &format!(
+            r#"
+[[upstreams]]
+name = "dead"
+targets = ["{dead}"]
+[[plugins]]
+name = "limit"
+wasm = "{{plugin:rate-limit}}"
+config = {{ key = "ip", limit = 1000, window = "1h" }}
+[[plugins]]
+name = "key-auth"
+wasm = "{{plugin:key-auth}}"
+config = {{ consumers = [{{ name = "alice", keys = ["a-key"] }}] }}
+[[routes]]
+name = "keyed"
+paths = ["/keyed"]
+upstream = "app"
+plugins = ["limit", "key-auth"]
+[[routes]]
+name = "down"
+paths = ["/down"]
+upstream = "dead"
+plugins = ["limit"]
+"#,
+            dead = closed_port()
+        ),
+    );
+    let r = w.get("/keyed");
+    assert_json_error(&r, 401, Some("unauthorized"));
+    assert_eq!(r.header_all("ratelimit-limit"), ["1000"]);
+    assert_eq!(r.header("ratelimit-remaining"), Some("999"));
+    assert!(
+        r.header("www-authenticate").is_some(),
+        "key-auth's own headers stay"
+    );
+    let r = Req::get("/keyed")
+        .header("x-api-key", "a-key")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ratelimit-remaining"), Some("998"));
+    let r = w.get("/down");
+    assert_json_error(&r, 502, None);
+    assert_eq!(r.header_all("ratelimit-limit"), ["1000"]);
+    assert!(r.header("ratelimit-remaining").is_some());
+    assert_eq!(up.hits(), 1);
+}
+
+#[test]
 fn sdk_contexts_end_with_the_last_callback_they_need() {
     // Policies built with the SDK make their contexts on demand and say when they are
     // done (`weir_unused_callbacks` bit 8): then no delete call follows, which the

@@ -85,8 +85,9 @@
 //! `rate_limited`) and `retry-after`: the whole seconds, rounded up and at least 1,
 //! until a request would be allowed. With `headers = true` (default) the 429 also
 //! carries, and allowed requests' responses get (replacing any the upstream sent; set
-//! during the request with `set_response_header`, so the policy has no response hook),
-//! the IETF draft's fields:
+//! during the request with `set_response_header`, so the policy has no response hook;
+//! in Weir also on an answer a later plugin or the gateway gives instead, such as
+//! key-auth's 401 or a 502), the IETF draft's fields:
 //! - `ratelimit-limit`: the budget's size — `limit` for `sliding_window`, `burst` for
 //!   `token_bucket` (so that `remaining` never exceeds it);
 //! - `ratelimit-remaining`: requests that would be allowed right now;
