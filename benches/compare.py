@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -623,29 +624,25 @@ upstream = "echo"
 """
 
 
-PLUGIN_TRANSFORM = f"""
-[[plugins]]
-name = "transform"
-wasm = "{REPO / 'plugins' / 'dist' / 'transform.wasm'}"
-config.request.headers = {{ set = {{ x-gateway = "weir" }} }}
-"""
+BENCH_PLUGINS = REPO / "benches" / "plugins.toml"
 
 
+def bench_plugins(*names: str) -> str:
+    """The `[[plugins]]` tables of benches/plugins.toml (the configurations every
+    benchmark gives the built-in policies) named `names`, with absolute wasm paths."""
+    blocks = BENCH_PLUGINS.read_text().split("[[plugins]]\n")[1:]
+    by_name = {re.search(r'^name = "([^"]+)"', b, re.M).group(1): b for b in blocks}
+    return "".join(
+        "\n[[plugins]]\n" + by_name[n].replace('wasm = "', f'wasm = "{REPO}/', 1)
+        for n in names)
+
+
+PLUGIN_TRANSFORM = bench_plugins("transform")
 # key-auth + rate-limit + transform, the chain of a typical authenticated API route.
-# The rate limit is far above what the machine can do, so it counts every request (the
-# shared-data compare-and-swap is the work measured) without ever answering 429.
-BENCH_KEY = "bench-key-0123456789"
-PLUGINS_3 = PLUGIN_TRANSFORM + f"""
-[[plugins]]
-name = "key-auth"
-wasm = "{REPO / 'plugins' / 'dist' / 'key-auth.wasm'}"
-config = {{ consumers = [{{ name = "bench", keys = ["{BENCH_KEY}"] }}] }}
-
-[[plugins]]
-name = "rate-limit"
-wasm = "{REPO / 'plugins' / 'dist' / 'rate-limit.wasm'}"
-config = {{ key = "consumer", limit = 100000000, window = "1h" }}
-"""
+PLUGINS_3 = bench_plugins("transform", "key-auth", "rate-limit")
+# The key every request to it carries: key-auth's only consumer's.
+BENCH_KEY = next(p for p in tomllib.loads(BENCH_PLUGINS.read_text())["plugins"]
+                 if p["name"] == "key-auth")["config"]["consumers"][0]["keys"][0]
 
 
 def start_weir(ctx: Ctx, name: str = "weir", access_log_file: bool = False,

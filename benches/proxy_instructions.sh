@@ -30,7 +30,9 @@ trap cleanup EXIT
 # without it; the symbol table stays, so the profiles still name functions.
 for b in weir pingora-baseline; do objcopy --strip-debug "$bin/$b" "$work/$b"; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-key="bench-key-0123456789"
+# key-auth's key, which every request carries.
+key=$(python3 -c 'import tomllib; p = tomllib.load(open("benches/plugins.toml", "rb"))["plugins"]
+print(next(x for x in p if x["name"] == "key-auth")["config"]["consumers"][0]["keys"][0])')
 
 up=$(free_port)
 "$bin/weir-load" upstream --listen "127.0.0.1:$up" --body-size 13 >"$work/upstream.log" 2>&1 &
@@ -54,23 +56,9 @@ name = "all"
 paths = ["/"]
 upstream = "echo"
 plugins = [$3]
-# A long CPU deadline: under valgrind a callback runs ~50x slower.
-[[plugins]]
-name = "transform"
-wasm = "$repo/plugins/dist/transform.wasm"
-cpu_limit = "1s"
-config.request.headers = { set = { x-gateway = "weir" } }
-[[plugins]]
-name = "key-auth"
-wasm = "$repo/plugins/dist/key-auth.wasm"
-cpu_limit = "1s"
-config = { consumers = [{ name = "bench", keys = ["$key"] }] }
-[[plugins]]
-name = "rate-limit"
-wasm = "$repo/plugins/dist/rate-limit.wasm"
-cpu_limit = "1s"
-config = { key = "consumer", limit = 100000000, window = "1h" }
 EOF
+  # The built-in policies as every benchmark configures them.
+  sed "s|^wasm = \"|wasm = \"$repo/|" benches/plugins.toml >>"$work/$1.toml"
 }
 
 measure() { # measure NAME

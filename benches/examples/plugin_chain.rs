@@ -8,9 +8,10 @@
 //! cargo run --release -p weir-benches --example plugin_chain -- 200000 key-auth rate-limit transform
 //! ```
 //!
-//! Each argument after the iteration count is a built-in policy from `plugins/dist/`
-//! with the configuration `benches/compare.py` gives it, or `name=path.wasm` (another
-//! build of it, or any filter: an unknown name gets an empty configuration). Prints the median of three timed runs in ns per request. With
+//! Each argument after the iteration count is a built-in policy as `benches/plugins.toml`
+//! configures it for every benchmark, or `name=path.wasm` (another build of it, or any
+//! filter: a name the file lacks gets an empty configuration). Prints the median of
+//! three timed runs in ns per request. With
 //! `--once` it runs the iterations once, untimed: for `valgrind --tool=callgrind`
 //! (`benches/plugin_instructions.sh`), whose instruction counts are repeatable on a
 //! busy machine where times are not.
@@ -28,46 +29,35 @@ use weir::plugin::{Plugin, PluginHost, Properties, RequestInfo, ResponseEdits, V
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The key every request carries (key-auth's only consumer has it).
-const KEY: &str = "bench-key-0123456789";
-/// An HS256 token for jwt-auth's configuration below (`sub` bench, expiring in 2100),
-/// sent when the chain has jwt-auth.
+/// An HS256 token for jwt-auth's configuration in `benches/plugins.toml` (`sub` bench,
+/// expiring in 2100), sent when the chain has jwt-auth.
 const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0.FuWv6li7H9xhivSF2D0tfq5_iQ--WJi5jDnTNF9E8Mc";
 
-/// The configurations of `benches/compare.py` for the built-in policies it runs.
-fn builtin_config(name: &str) -> &'static str {
-    match name {
-        "transform" => r#"{ request = { headers = { set = { x-gateway = "weir" } } } }"#,
-        "key-auth" => r#"{ consumers = [{ name = "bench", keys = ["bench-key-0123456789"] }] }"#,
-        "rate-limit" => r#"{ key = "consumer", limit = 100000000, window = "1h" }"#,
-        "jwt-auth" => {
-            r#"{ keys = [{ kid = "hs", alg = "HS256", secret = "bench-secret-of-thirty-two-bytes" }] }"#
+/// The plugin of a command-line spec: `NAME` (from `benches/plugins.toml`) or
+/// `NAME=PATH.wasm` (that module, with NAME's configuration there if any).
+fn plugin_config(bench: &[PluginConfig], spec: &str) -> Result<PluginConfig, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (name, path) = match spec.split_once('=') {
+        Some((name, path)) => (name, Some(PathBuf::from(path))),
+        None => (spec, None),
+    };
+    let mut cfg = match bench.iter().find(|p| p.name == name) {
+        Some(p) => p.clone(),
+        None if path.is_some() => {
+            let toml = format!("name = {name:?}\nwasm = \"\"\ncpu_limit = \"10s\"");
+            toml::from_str(&toml).map_err(|e| format!("{spec}: {e}"))?
         }
-        _ => "{}",
-    }
-}
-
-fn load(host: &PluginHost, spec: &str) -> Result<Arc<Plugin>, String> {
-    let (name, wasm, config) = match spec.split_once('=') {
-        Some((name, path)) => (name, PathBuf::from(path), builtin_config(name)),
         None => {
-            let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
-            (
-                spec,
-                dist.join(format!("{spec}.wasm")),
-                builtin_config(spec),
-            )
+            return Err(format!(
+                "{spec}: not in benches/plugins.toml; give NAME=PATH.wasm"
+            ))
         }
     };
-    // A long CPU deadline: under valgrind a callback runs ~50x slower than natively.
-    // (It costs the same either way: one epoch check per guest function.)
-    let toml = format!(
-        "name = {name:?}\nwasm = {:?}\ncpu_limit = \"10s\"\nconfig = {config}",
-        wasm.display().to_string()
-    );
-    let cfg: PluginConfig = toml::from_str(&toml).map_err(|e| format!("{spec}: {e}"))?;
-    host.load(&cfg, Path::new("/"), 1)
-        .map_err(|e| format!("{spec}: {e}"))
+    cfg.wasm = match path {
+        Some(path) => path.display().to_string(),
+        None => repo.join(&cfg.wasm).display().to_string(),
+    };
+    Ok(cfg)
 }
 
 fn main() -> Result<(), String> {
@@ -78,11 +68,31 @@ fn main() -> Result<(), String> {
         return Err("usage: plugin_chain [--once] ITERATIONS PLUGIN...".into());
     };
     let iters: u64 = iters.parse().map_err(|e| format!("iterations: {e}"))?;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins.toml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // The built-in policies as every benchmark configures them.
+    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    let table: toml::Table = toml::from_str(&text).map_err(|e| in_file(&e))?;
+    let bench: Vec<PluginConfig> = match table.get("plugins") {
+        Some(list) => list.clone().try_into().map_err(|e| in_file(&e))?,
+        None => Vec::new(),
+    };
+    // key-auth's key, which every request carries.
+    let key = bench
+        .iter()
+        .find(|p| p.name == "key-auth")
+        .and_then(|p| p.config["consumers"][0]["keys"][0].as_str())
+        .ok_or("benches/plugins.toml: no key-auth key")?
+        .to_owned();
     let host = PluginHost::new(None);
     let plugins = specs
         .iter()
-        .map(|s| load(&host, s))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|spec| {
+            let cfg = plugin_config(&bench, spec)?;
+            host.load(&cfg, Path::new("/"), 1)
+                .map_err(|e| format!("{spec}: {e}"))
+        })
+        .collect::<Result<Vec<Arc<Plugin>>, String>>()?;
 
     // Without pingora's header-case record, as the proxy leaves heads before plugins
     // run (`preserve_header_case = false`, `weir::headers::write`).
@@ -90,7 +100,7 @@ fn main() -> Result<(), String> {
     for (n, v) in [
         ("host", "127.0.0.1:8080"),
         ("user-agent", "weir-load"),
-        ("x-api-key", KEY),
+        ("x-api-key", key.as_str()),
         ("x-request-id", "0123456789abcdef0123456789abcdef"),
     ] {
         req.insert_header(n, v).map_err(|e| e.to_string())?;
