@@ -215,11 +215,13 @@ fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
 
+/// `x-forwarded-for`, `-proto` and `-host`, each to write or not.
+type Forwarding = [Option<(HeaderName, HeaderValue)>; 3];
+
 /// The forwarding headers for the upstream. `x-forwarded-for` gets the TCP peer
 /// appended: to the client's value when the peer is a trusted proxy, replacing it
 /// otherwise. `x-forwarded-proto` and `x-forwarded-host` are kept from a trusted proxy
 /// and set otherwise (from `tls`, and from the Host header or the target's authority).
-type Forwarding = [Option<(HeaderName, HeaderValue)>; 3];
 fn forwarding(
     req: &RequestHeader,
     peer: Option<IpAddr>,
@@ -287,8 +289,11 @@ fn respond<'a>(
     body: Bytes,
 ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
+        // Without pingora's record of header-name case: Weir's own answer has no peer's
+        // case to keep, and pingora writes the names the same without it (the ones it
+        // knows titled, the others as given) for less (no second map to fill and walk).
         let room = headers.len() + 3 + ctx.response_edits.len();
-        let mut resp = ResponseHeader::build(status, Some(room))?;
+        let mut resp = ResponseHeader::build_no_case(status, Some(room))?;
         if let Some(ct) = content_type {
             resp.insert_header(CONTENT_TYPE, ct)?;
         }
