@@ -107,6 +107,7 @@ impl ServeHttp for AdminApi {
             (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", {
                 let mut text = self.gateway.metrics.render(&snap.target_health());
                 self.gateway.plugins.metrics.render(&mut text);
+                self.gateway.plugins.shared.render(&mut text);
                 text.into_bytes()
             }),
             (&Method::GET, "/config") => json_reply(

@@ -221,7 +221,7 @@ impl BackgroundService for Control {
         // Plugin timers (`on_tick`, `on_queue_ready`): their resolution.
         let mut plugin_tick = tokio::time::interval(PLUGIN_TIMER);
         plugin_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Expired plugin counters are dropped.
+        // Expired plugin counters and shared-data keys are dropped.
         let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
         let watch = self.gateway.snapshot().config.server.watch_config;
         let mut watch_tick =
@@ -264,7 +264,9 @@ impl BackgroundService for Control {
                     }
                 }
                 _ = sweep_tick.tick() => {
-                    self.gateway.plugins.shared.counters.sweep(std::time::Instant::now());
+                    let now = std::time::Instant::now();
+                    self.gateway.plugins.shared.counters.sweep(now);
+                    self.gateway.plugins.shared.sweep(now);
                 }
                 _ = watch_tick.tick(), if watch => {
                     let gw = self.gateway.clone();

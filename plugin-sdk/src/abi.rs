@@ -111,6 +111,14 @@ mod sys {
             value_len: usize,
             cas: u32,
         ) -> u32;
+        pub fn proxy_call_foreign_function(
+            name: *const u8,
+            name_len: usize,
+            args: *const u8,
+            args_len: usize,
+            data: *mut *mut u8,
+            len: *mut usize,
+        ) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, len: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, delta: i64) -> u32;
     }
@@ -237,6 +245,24 @@ pub fn shared_data(key: &str) -> Result<(Vec<u8>, u32), u32> {
 pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> u32 {
     // SAFETY: live slices, only read by the host.
     unsafe { sys::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
+}
+
+/// A host extension by name: its answer's bytes, or the status (`NOT_FOUND` on a host
+/// without it).
+pub fn call_foreign(name: &str, args: &[u8]) -> Result<Vec<u8>, u32> {
+    get(|d, l| {
+        // SAFETY: live slices, only read by the host; `d` and `l` valid for its writes.
+        unsafe {
+            sys::proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                args.as_ptr(),
+                args.len(),
+                d,
+                l,
+            )
+        }
+    })
 }
 
 pub fn define_metric(kind: u32, name: &str) -> Result<u32, u32> {

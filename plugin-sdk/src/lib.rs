@@ -65,7 +65,9 @@ pub use decision::Decision;
 pub use http::{
     validate_header, validate_path, Headers, Request, RequestInfo, Response, CONSUMER_PROPERTY,
 };
-pub use store::{Entry, SharedStore, StoreError, INCREMENT_ATTEMPTS};
+#[cfg(not(target_arch = "wasm32"))]
+pub use store::requested_ttl;
+pub use store::{expire_idle_keys, Entry, SharedStore, StoreError, INCREMENT_ATTEMPTS};
 
 /// The `log` crate: `weir_plugin_sdk::log::info!(...)` in a policy goes to the host's
 /// log (`proxy_log`) at that level. Records below `info` are dropped inside the

@@ -1,6 +1,39 @@
 //! Counters and other state shared between requests, VMs and (later) gateways.
 
 use std::fmt;
+use std::time::Duration;
+
+/// Asks the host to drop a key of this plugin's shared store once it has gone `ttl`
+/// without a write: for state that means nothing after a while (a rate limit's budget
+/// once it is full again), so clients seen once do not hold store room for ever.
+/// proxy-wasm's shared data never expires on its own; this is Weir's extension
+/// (`weir.shared_data_ttl`). It applies to every key of the plugin, from every VM;
+/// call it when the policy starts ([`Policy::new`](crate::Policy::new)). `false` on a
+/// host without the extension, where keys live for ever. Natively it only records
+/// `ttl`, for [`requested_ttl`].
+pub fn expire_idle_keys(ttl: Duration) -> bool {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    #[cfg(target_arch = "wasm32")]
+    {
+        crate::abi::call_foreign("weir.shared_data_ttl", &ms.to_le_bytes()).is_ok()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        REQUESTED_TTL.set(Some(Duration::from_millis(ms)));
+        true
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+thread_local! {
+    static REQUESTED_TTL: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
+/// Natively: the last `ttl` this thread gave [`expire_idle_keys`], if any.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn requested_ttl() -> Option<Duration> {
+    REQUESTED_TTL.get()
+}
 
 /// A value in a [`SharedStore`] with the version it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]

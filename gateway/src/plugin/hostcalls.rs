@@ -514,6 +514,10 @@ fn log(st: &HostState, level: i32, msg: &str) {
 /// the key; the counter (in the plugin's own key space, apart from shared data) gets
 /// `delta` added atomically, and a counter that is new or expired starts from 0 and
 /// lives `ttl_ms`. Returns the new value as `i64 LE`.
+///
+/// `weir.shared_data_ttl`: argument `ttl_ms: u64 LE`; from then on, a key of the
+/// plugin's shared data not written for `ttl_ms` is dropped (0: never, the default).
+/// Returns nothing.
 fn foreign(st: &HostState, name: &[u8], args: &[u8]) -> Result<Vec<u8>, Status> {
     match name {
         b"weir.counter_add" => {
@@ -530,6 +534,12 @@ fn foreign(st: &HostState, name: &[u8], args: &[u8]) -> Result<Vec<u8>, Status> 
                     .counters
                     .add(&st.plugin, key, delta, ttl, std::time::Instant::now())?;
             Ok(value.to_le_bytes().to_vec())
+        }
+        b"weir.shared_data_ttl" => {
+            let ttl = u64::from_le_bytes(args.try_into().map_err(|_| Status::BadArgument)?);
+            let ttl = (ttl > 0).then(|| std::time::Duration::from_millis(ttl));
+            st.shared.set_idle_ttl(&st.plugin, ttl);
+            Ok(Vec::new())
         }
         _ => Err(Status::NotFound),
     }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -16,9 +17,20 @@ use crate::metrics::{Histogram, PLUGIN_BUCKETS};
 /// holds the other state plugins share across VMs: queues and counters.
 #[derive(Default)]
 pub struct SharedData {
-    map: RwLock<KeySpaces<(Vec<u8>, u32)>>,
+    map: RwLock<KeySpaces<Entry>>,
+    /// How long a key of a plugin's space lives after its last write, for the plugins
+    /// that asked (`weir.shared_data_ttl`); the others' keys live for ever, as in
+    /// proxy-wasm.
+    idle_ttl: Mutex<HashMap<Arc<str>, Duration>>,
     pub queues: SharedQueues,
     pub counters: Counters,
+}
+
+/// A shared-data value, its CAS, and when it was last written.
+struct Entry {
+    value: Vec<u8>,
+    cas: u32,
+    written: Instant,
 }
 
 /// Values by plugin name, then by key: the key spaces of shared data and counters.
@@ -66,6 +78,27 @@ impl<V> KeySpaces<V> {
         true
     }
 
+    /// Keeps the values of space `ns` that `keep` says to.
+    fn retain_in(&mut self, ns: &str, mut keep: impl FnMut(&V) -> bool) {
+        let Some(space) = self.by_plugin.get_mut(ns) else {
+            return;
+        };
+        let before = space.len();
+        space.retain(|_, v| keep(v));
+        self.keys -= before - space.len();
+        if space.is_empty() {
+            self.by_plugin.remove(ns);
+        }
+    }
+
+    /// Keys by plugin name.
+    fn counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.by_plugin
+            .iter()
+            .map(|(ns, space)| (ns.clone(), space.len()))
+            .collect()
+    }
+
     /// Keeps the values `keep` says to, dropping emptied spaces.
     fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
         let mut keys = 0;
@@ -86,28 +119,89 @@ const MAX_SHARED_KEYS: usize = 100_000;
 
 impl SharedData {
     pub fn get(&self, ns: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        self.map.read().get(ns, key).cloned()
+        self.map
+            .read()
+            .get(ns, key)
+            .map(|e| (e.value.clone(), e.cas))
     }
 
     /// Stores `value` if `cas` is 0 or matches the current CAS.
     pub fn set(&self, ns: &Arc<str>, key: &[u8], value: &[u8], cas: u32) -> Status {
+        self.set_at(ns, key, value, cas, Instant::now())
+    }
+
+    /// [`Self::set`], written at `now`.
+    fn set_at(&self, ns: &Arc<str>, key: &[u8], value: &[u8], cas: u32, now: Instant) -> Status {
         let mut map = self.map.write();
-        if let Some((v, current)) = map.get_mut(ns, key) {
-            if cas != 0 && cas != *current {
+        if let Some(e) = map.get_mut(ns, key) {
+            if cas != 0 && cas != e.cas {
                 return Status::CasMismatch;
             }
-            v.clear();
-            v.extend_from_slice(value);
-            *current = current.wrapping_add(1).max(1);
+            e.value.clear();
+            e.value.extend_from_slice(value);
+            e.cas = e.cas.wrapping_add(1).max(1);
+            e.written = now;
             return Status::Ok;
         }
         if cas != 0 {
             return Status::CasMismatch;
         }
-        if !map.insert_new(ns, key, (value.to_vec(), 1)) {
+        let entry = Entry {
+            value: value.to_vec(),
+            cas: 1,
+            written: now,
+        };
+        if !map.insert_new(ns, key, entry) {
             return Status::InternalFailure;
         }
         Status::Ok
+    }
+
+    /// Keys of `ns` not written for `ttl` are dropped from now on (by [`Self::sweep`]);
+    /// `None`: they live for ever (the default).
+    pub fn set_idle_ttl(&self, ns: &Arc<str>, ttl: Option<Duration>) {
+        let mut ttls = self.idle_ttl.lock();
+        match ttl {
+            Some(ttl) => ttls.insert(ns.clone(), ttl),
+            None => ttls.remove(ns),
+        };
+    }
+
+    /// Drops the keys that outlived their space's idle lifetime. Runs every second, off
+    /// the request path; holds the write lock for one pass over those spaces' keys.
+    pub fn sweep(&self, now: Instant) {
+        let ttls: Vec<(Arc<str>, Duration)> = self
+            .idle_ttl
+            .lock()
+            .iter()
+            .map(|(ns, t)| (ns.clone(), *t))
+            .collect();
+        if ttls.is_empty() {
+            return;
+        }
+        let mut map = self.map.write();
+        for (ns, ttl) in ttls {
+            map.retain_in(&ns, |e| now.saturating_duration_since(e.written) < ttl);
+        }
+    }
+
+    /// Keys by plugin name.
+    pub fn key_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.map.read().counts()
+    }
+
+    /// `weir_plugin_shared_data_keys{plugin}`: how full each plugin's store is (the
+    /// process holds at most 100,000 keys).
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP weir_plugin_shared_data_keys Keys in each plugin's shared data (at most 100000 in all).\n# TYPE weir_plugin_shared_data_keys gauge\n");
+        let mut counts = self.key_counts();
+        counts.sort();
+        for (plugin, n) in counts {
+            let _ = writeln!(
+                out,
+                "weir_plugin_shared_data_keys{{plugin=\"{plugin}\"}} {n}"
+            );
+        }
     }
 }
 
@@ -510,5 +604,64 @@ mod queue_and_counter_tests {
             Ok(1),
             "no ttl"
         );
+    }
+
+    #[test]
+    fn shared_data_keys_outliving_their_idle_ttl_are_swept() {
+        let d = SharedData::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let t0 = Instant::now();
+        let s = |ns: &Arc<str>, k: &[u8], at: u64| {
+            d.set_at(ns, k, b"v", 0, t0 + Duration::from_secs(at))
+        };
+        assert_eq!(s(&a, b"old", 0), Status::Ok);
+        assert_eq!(s(&a, b"rewritten", 0), Status::Ok);
+        assert_eq!(s(&b, b"no-ttl", 0), Status::Ok);
+        d.set_idle_ttl(&a, Some(Duration::from_secs(10)));
+        // A write, not a read, keeps a key alive.
+        assert_eq!(s(&a, b"rewritten", 5), Status::Ok);
+        assert!(d.get("a", b"old").is_some());
+        d.sweep(t0 + Duration::from_secs(9));
+        assert_eq!(d.key_counts().len(), 2);
+        d.sweep(t0 + Duration::from_secs(10));
+        assert!(d.get("a", b"old").is_none(), "10 s after its last write");
+        assert!(d.get("a", b"rewritten").is_some());
+        assert!(
+            d.get("b", b"no-ttl").is_some(),
+            "a space without a ttl keeps its keys"
+        );
+        d.sweep(t0 + Duration::from_secs(15));
+        assert!(d.get("a", b"rewritten").is_none());
+        let mut counts = d.key_counts();
+        counts.sort();
+        assert_eq!(counts, vec![(b.clone(), 1)], "an emptied space is gone");
+        // A dropped key is a new key again (CAS starts over), and room was made.
+        assert_eq!(s(&a, b"old", 16), Status::Ok);
+        assert_eq!(d.get("a", b"old").map(|(_, cas)| cas), Some(1));
+        // No ttl: kept for ever again.
+        d.set_idle_ttl(&a, None);
+        d.sweep(t0 + Duration::from_secs(1000));
+        assert!(d.get("a", b"old").is_some());
+    }
+
+    #[test]
+    fn a_full_store_takes_new_keys_once_idle_ones_are_swept() {
+        let d = SharedData::default();
+        let a: Arc<str> = "a".into();
+        let t0 = Instant::now();
+        d.set_idle_ttl(&a, Some(Duration::from_secs(60)));
+        for i in 0..MAX_SHARED_KEYS {
+            assert_eq!(d.set_at(&a, &i.to_le_bytes(), b"v", 0, t0), Status::Ok);
+        }
+        let late = t0 + Duration::from_secs(30);
+        assert_eq!(d.set_at(&a, b"new", b"v", 0, late), Status::InternalFailure);
+        // Rewriting an existing key still works when full.
+        assert_eq!(
+            d.set_at(&a, &0usize.to_le_bytes(), b"w", 0, late),
+            Status::Ok
+        );
+        d.sweep(t0 + Duration::from_secs(60));
+        assert_eq!(d.key_counts(), vec![(a.clone(), 1)]);
+        assert_eq!(d.set_at(&a, b"new", b"v", 0, late), Status::Ok);
     }
 }

@@ -426,6 +426,59 @@ plugins = ["limit"]
 }
 
 #[test]
+fn rate_limit_budgets_leave_the_store_once_idle() {
+    // rate-limit asks Weir (`weir.shared_data_ttl`) to drop a budget's key once it
+    // means nothing: here one request per 500 ms, so 1.5 s after the last write. A
+    // client seen once does not hold store room until the process restarts.
+    let up = Upstream::start("app");
+    let w = gateway_with(
+        up.addr,
+        r#"
+[[plugins]]
+name = "limit"
+wasm = "{plugin:rate-limit}"
+config = { key = "header:x-client", limit = 1, window = "500ms" }
+[[routes]]
+name = "limited"
+paths = ["/limited"]
+upstream = "app"
+plugins = ["limit"]
+"#,
+    );
+    let keys = |plugin: &str| {
+        w.metric(&format!(
+            r#"weir_plugin_shared_data_keys{{plugin="{plugin}"}}"#
+        ))
+        .unwrap_or(0.0)
+    };
+    for client in ["a", "b", "c", "d", "e"] {
+        let send = || {
+            Req::get("/limited")
+                .header("x-client", client)
+                .send(w.addr)
+                .unwrap()
+                .status
+        };
+        assert_eq!(send(), 200);
+        assert_eq!(send(), 429, "client {client}: its budget is spent");
+    }
+    assert_eq!(keys("limit"), 5.0);
+    // Swept every second, once 1.5 s passed without a write.
+    assert!(
+        wait_until(Duration::from_secs(6), || keys("limit") == 0.0),
+        "keys left: {}",
+        keys("limit")
+    );
+    // A forgotten budget is a full one.
+    let r = Req::get("/limited")
+        .header("x-client", "a")
+        .send(w.addr)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(keys("limit"), 1.0);
+}
+
+#[test]
 fn sdk_contexts_end_with_the_last_callback_they_need() {
     // Policies built with the SDK make their contexts on demand and say when they are
     // done (`weir_unused_callbacks` bit 8): then no delete call follows, which the

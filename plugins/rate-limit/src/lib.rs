@@ -118,11 +118,16 @@
 //! count and the previous window's count (3 × 8 bytes, little-endian). One key per
 //! client for either algorithm: a new window overwrites the key instead of creating one.
 //!
-//! Nothing in proxy-wasm shared data expires, and the gateway caps it at 100,000 keys
-//! per plugin: every client ever seen keeps its key until the process restarts. A
-//! client that can mint keys (header values, IPv6 prefixes with a small
-//! `ipv6_prefix`) can fill the store; after that new clients' writes fail and
-//! `on_store_error` applies to them.
+//! Nothing in proxy-wasm shared data expires by itself, and Weir holds at most 100,000
+//! keys in all. So the policy asks Weir (`weir.shared_data_ttl`, at start) to drop a
+//! key once its budget means nothing: a token bucket's once it is full again (burst ×
+//! window / limit after the last request), a sliding window's after two windows; the
+//! longest of the tiers, plus a second. A client seen once holds store room that long,
+//! not until the process restarts (`weir_plugin_shared_data_keys{plugin}` shows how
+//! full the store is). A client that can mint keys faster than they expire (header
+//! values, IPv6 prefixes with a small `ipv6_prefix`) can still fill it for a while;
+//! then new clients' writes fail and `on_store_error` applies to them. On a host
+//! without the extension keys live for ever.
 //!
 //! Updates are compare-and-swap: read, compute, write if nobody wrote in between,
 //! otherwise read again, up to 16 times. The first write of a new key cannot be
@@ -162,7 +167,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 use weir_plugin_sdk::log;
 use weir_plugin_sdk::metrics::Counter;
 use weir_plugin_sdk::prelude::*;
@@ -350,18 +355,27 @@ impl Policy for RateLimit {
         let default = default_rate(&config, &tiers, algo, &mut errors);
 
         match (errors.is_empty(), default) {
-            (true, Some(default)) => Ok(RateLimit {
-                key,
-                on_missing_key: on_missing_key.unwrap_or(OnMissingKey::Ip),
-                algorithm: algo,
-                default,
-                consumer_tiers,
-                headers: config.headers.unwrap_or(true),
-                deny_on_store_error: deny_on_store_error.unwrap_or(false),
-                ipv6_mask: u128::MAX << (128 - ipv6_prefix),
-                ipv6_prefix,
-                warnings: WarnGate::default(),
-            }),
+            (true, Some(default)) => {
+                // A budget untouched this long is full again: its key can go.
+                let idle = std::iter::once(&default)
+                    .chain(consumer_tiers.values())
+                    .map(|r| r.forgotten_after(algo))
+                    .max()
+                    .unwrap_or_default();
+                weir_plugin_sdk::expire_idle_keys(idle + Duration::from_secs(1));
+                Ok(RateLimit {
+                    key,
+                    on_missing_key: on_missing_key.unwrap_or(OnMissingKey::Ip),
+                    algorithm: algo,
+                    default,
+                    consumer_tiers,
+                    headers: config.headers.unwrap_or(true),
+                    deny_on_store_error: deny_on_store_error.unwrap_or(false),
+                    ipv6_mask: u128::MAX << (128 - ipv6_prefix),
+                    ipv6_prefix,
+                    warnings: WarnGate::default(),
+                })
+            }
             _ => Err(errors.join("; ")),
         }
     }
@@ -545,6 +559,17 @@ impl RateLimit {
 }
 
 impl Rate {
+    /// How long after its last write a budget's stored state means nothing: a token
+    /// bucket is full again once its arrival time (at most one capacity ahead) has
+    /// passed; a sliding window has forgotten its counts once both counted windows are
+    /// over.
+    fn forgotten_after(&self, algorithm: Algorithm) -> Duration {
+        Duration::from_nanos(match algorithm {
+            Algorithm::TokenBucket => self.capacity_ns,
+            Algorithm::SlidingWindow => self.window_ns.saturating_mul(2),
+        })
+    }
+
     /// GCRA. `tat` is the stored theoretical arrival time: when the bucket is full again.
     fn gcra(&self, tat: Option<[u64; 1]>, now: u64) -> (Verdict, Option<Vec<u64>>) {
         // A time further ahead than one full bucket means the clock went backwards:

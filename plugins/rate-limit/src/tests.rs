@@ -1178,3 +1178,38 @@ fn ipv4_keys_are_written_as_dotted_decimal() {
     let req = MockRequest::get("/").client("[::ffff:10.1.2.3]:80");
     assert_eq!(limiter.client_ip(&req).as_deref(), Some("10.1.2.3"));
 }
+
+// ---- store room ----
+
+#[test]
+fn budgets_are_forgotten_once_they_mean_nothing() {
+    // Keys the store may drop once idle: a token bucket's after its capacity (burst ×
+    // interval), a sliding window's after two windows; the longest of the tiers, plus
+    // a second.
+    let ttl = |config: Value| {
+        policy(config);
+        weir_plugin_sdk::requested_ttl().expect("a ttl was requested")
+    };
+    // 10 per minute, burst 10: a full bucket's capacity is the minute.
+    assert_eq!(
+        ttl(json!({"limit": 10, "window": "1m"})),
+        Duration::from_secs(61)
+    );
+    // Burst 2 of 10 per minute: two intervals of 6 s.
+    assert_eq!(
+        ttl(json!({"limit": 10, "window": "1m", "burst": 2})),
+        Duration::from_secs(13)
+    );
+    assert_eq!(
+        ttl(json!({"limit": 10, "window": "1m", "algorithm": "sliding_window"})),
+        Duration::from_secs(121)
+    );
+    assert_eq!(
+        ttl(json!({
+            "limit": 10, "window": "1m",
+            "tiers": {"slow": {"limit": 5, "window": "1h"}},
+            "consumer_tiers": {"alice": "slow"},
+        })),
+        Duration::from_secs(3601)
+    );
+}
