@@ -428,8 +428,8 @@ plugins = ["limit"]
 #[test]
 fn rate_limit_budgets_leave_the_store_once_idle() {
     // rate-limit asks Weir (`weir.shared_data_ttl`) to drop a budget's key once it
-    // means nothing: here one request per 500 ms, so 1.5 s after the last write. A
-    // client seen once does not hold store room until the process restarts.
+    // means nothing: here one request per 2 s, so 3 s after the last write. A client
+    // seen once does not hold store room until the process restarts.
     let up = Upstream::start("app");
     let w = gateway_with(
         up.addr,
@@ -437,7 +437,7 @@ fn rate_limit_budgets_leave_the_store_once_idle() {
 [[plugins]]
 name = "limit"
 wasm = "{plugin:rate-limit}"
-config = { key = "header:x-client", limit = 1, window = "500ms" }
+config = { key = "header:x-client", limit = 1, window = "2s" }
 [[routes]]
 name = "limited"
 paths = ["/limited"]
@@ -463,9 +463,9 @@ plugins = ["limit"]
         assert_eq!(send(), 429, "client {client}: its budget is spent");
     }
     assert_eq!(keys("limit"), 5.0);
-    // Swept every second, once 1.5 s passed without a write.
+    // Swept every second, once 3 s passed without a write.
     assert!(
-        wait_until(Duration::from_secs(6), || keys("limit") == 0.0),
+        wait_until(Duration::from_secs(10), || keys("limit") == 0.0),
         "keys left: {}",
         keys("limit")
     );
