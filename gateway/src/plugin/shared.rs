@@ -19,9 +19,9 @@ use crate::metrics::{Histogram, PLUGIN_BUCKETS};
 pub struct SharedData {
     map: RwLock<KeySpaces<Entry>>,
     /// How long a key of a plugin's space lives after its last write, for the plugins
-    /// that asked (`weir.shared_data_ttl`); the others' keys live for ever, as in
-    /// proxy-wasm.
-    idle_ttl: Mutex<HashMap<Arc<str>, Duration>>,
+    /// that asked (`weir.shared_data_ttl`), and when the space is swept next; the
+    /// others' keys live for ever, as in proxy-wasm.
+    idle_ttl: Mutex<HashMap<Arc<str>, (Duration, Option<Instant>)>>,
     pub queues: SharedQueues,
     pub counters: Counters,
 }
@@ -162,25 +162,31 @@ impl SharedData {
     pub fn set_idle_ttl(&self, ns: &Arc<str>, ttl: Option<Duration>) {
         let mut ttls = self.idle_ttl.lock();
         match ttl {
-            Some(ttl) => ttls.insert(ns.clone(), ttl),
+            Some(ttl) => ttls.insert(ns.clone(), (ttl, None)),
             None => ttls.remove(ns),
         };
     }
 
-    /// Drops the keys that outlived their space's idle lifetime. Runs every second, off
-    /// the request path; holds the write lock for one pass over those spaces' keys.
+    /// Drops the keys that outlived their space's idle lifetime. Called every second,
+    /// off the request path; a space is swept every eighth of its lifetime (at least a
+    /// second apart), each time one pass over its keys under the write lock, so a key
+    /// goes at most that much after it expired.
     pub fn sweep(&self, now: Instant) {
-        let ttls: Vec<(Arc<str>, Duration)> = self
+        let due: Vec<(Arc<str>, Duration)> = self
             .idle_ttl
             .lock()
-            .iter()
-            .map(|(ns, t)| (ns.clone(), *t))
+            .iter_mut()
+            .filter(|(_, (_, next))| next.is_none_or(|n| now >= n))
+            .map(|(ns, (ttl, next))| {
+                *next = Some(now + (*ttl / 8).max(Duration::from_secs(1)));
+                (ns.clone(), *ttl)
+            })
             .collect();
-        if ttls.is_empty() {
+        if due.is_empty() {
             return;
         }
         let mut map = self.map.write();
-        for (ns, ttl) in ttls {
+        for (ns, ttl) in due {
             map.retain_in(&ns, |e| now.saturating_duration_since(e.written) < ttl);
         }
     }
@@ -623,7 +629,10 @@ mod queue_and_counter_tests {
         assert!(d.get("a", b"old").is_some());
         d.sweep(t0 + Duration::from_secs(9));
         assert_eq!(d.key_counts().len(), 2);
+        // Swept again an eighth of the lifetime later (1.25 s), not before.
         d.sweep(t0 + Duration::from_secs(10));
+        assert!(d.get("a", b"old").is_some(), "not due yet");
+        d.sweep(t0 + Duration::from_millis(10_250));
         assert!(d.get("a", b"old").is_none(), "10 s after its last write");
         assert!(d.get("a", b"rewritten").is_some());
         assert!(

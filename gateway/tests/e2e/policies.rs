@@ -463,7 +463,7 @@ plugins = ["limit"]
         assert_eq!(send(), 429, "client {client}: its budget is spent");
     }
     assert_eq!(keys("limit"), 5.0);
-    // Swept every second, once 3 s passed without a write.
+    // Swept every second (an eighth of the 3 s is less), once 3 s passed without a write.
     assert!(
         wait_until(Duration::from_secs(10), || keys("limit") == 0.0),
         "keys left: {}",
