@@ -21,9 +21,16 @@ pub struct SharedData {
     /// How long a key of a plugin's space lives after its last write, for the plugins
     /// that asked (`weir.shared_data_ttl`), and when the space is swept next; the
     /// others' keys live for ever, as in proxy-wasm.
-    idle_ttl: Mutex<HashMap<Arc<str>, (Duration, Option<Instant>)>>,
+    idle_ttl: Mutex<HashMap<Arc<str>, IdleTtl>>,
     pub queues: SharedQueues,
     pub counters: Counters,
+}
+
+/// A plugin's idle lifetime for its shared-data keys.
+struct IdleTtl {
+    ttl: Duration,
+    /// When its space is swept next; `None`: at the next sweep.
+    next_sweep: Option<Instant>,
 }
 
 /// A shared-data value, its CAS, and when it was last written.
@@ -162,7 +169,13 @@ impl SharedData {
     pub fn set_idle_ttl(&self, ns: &Arc<str>, ttl: Option<Duration>) {
         let mut ttls = self.idle_ttl.lock();
         match ttl {
-            Some(ttl) => ttls.insert(ns.clone(), (ttl, None)),
+            Some(ttl) => ttls.insert(
+                ns.clone(),
+                IdleTtl {
+                    ttl,
+                    next_sweep: None,
+                },
+            ),
             None => ttls.remove(ns),
         };
     }
@@ -176,10 +189,10 @@ impl SharedData {
             .idle_ttl
             .lock()
             .iter_mut()
-            .filter(|(_, (_, next))| next.is_none_or(|n| now >= n))
-            .map(|(ns, (ttl, next))| {
-                *next = Some(now + (*ttl / 8).max(Duration::from_secs(1)));
-                (ns.clone(), *ttl)
+            .filter(|(_, t)| t.next_sweep.is_none_or(|n| now >= n))
+            .map(|(ns, t)| {
+                t.next_sweep = Some(now + (t.ttl / 8).max(Duration::from_secs(1)));
+                (ns.clone(), t.ttl)
             })
             .collect();
         if due.is_empty() {
