@@ -277,7 +277,7 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
     // A value with CR, LF or NUL is refused by the parse of each path below: `http`'s
     // `HeaderValue`, `Uri` and `Method` take none of them.
     // Weir's extension: response headers written before there is a response are
-    // queued and land on the upstream's response (`ResponseEdits`).
+    // queued and land on the response, whichever it is (`ResponseEdits`).
     if st.scope.phase == Some(Phase::RequestHeaders) && map == abi::MAP_RESPONSE_HEADERS {
         return queue_response_edit(st, key, value, edit);
     }

@@ -131,7 +131,8 @@ pub enum Edit {
 
 /// Response-header writes plugins make while the request headers are processed, before
 /// there is a response (Weir's extension, see ABI.md): applied in order to the
-/// upstream's response before any plugin's response hook sees it. A policy that knows
+/// response of the request, the upstream's before any plugin's response hook sees it,
+/// or the one Weir answers itself. A policy that knows
 /// its response headers early (rate-limit's counts) then needs no response hook.
 #[derive(Debug, Default)]
 pub struct ResponseEdits(Vec<(Edit, Bytes, HeaderValue)>);

@@ -357,11 +357,10 @@ impl Policy for RateLimit {
         match (errors.is_empty(), default) {
             (true, Some(default)) => {
                 // A budget untouched this long is full again: its key can go.
-                let idle = std::iter::once(&default)
-                    .chain(consumer_tiers.values())
+                let idle = consumer_tiers
+                    .values()
                     .map(|r| r.forgotten_after(algo))
-                    .max()
-                    .unwrap_or_default();
+                    .fold(default.forgotten_after(algo), Duration::max);
                 weir_plugin_sdk::expire_idle_keys(idle + Duration::from_secs(1));
                 Ok(RateLimit {
                     key,
