@@ -11,7 +11,7 @@
 //! 6. `logging`: metrics and the access-log line.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, USER_AGENT};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, USER_AGENT};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 
 use crate::access_log::{AccessLog, LogEntry};
 use crate::error::{self, ErrorKind};
@@ -153,6 +153,9 @@ pub struct RequestCtx {
     /// Response body held for the plugin (by index in `plugins`) that asked to see it
     /// whole.
     response_held: Option<(usize, bytes::BytesMut)>,
+    /// The request's only hop-by-hop field is `Connection: keep-alive`, which Weir
+    /// removes itself for the upstream (see [`hop_by_hop`]).
+    drop_connection: bool,
 }
 
 /// The matched route of a request. A free function over the two fields (not a method
@@ -211,6 +214,52 @@ fn has_ambiguous_framing(session: &Session) -> bool {
 }
 
 /// Bytes of header names and values (what limits are measured in; separators excluded).
+/// A request head's hop-by-hop fields, as pingora's upstream sanitizer
+/// (`sanitize_h1_upstream_request`) would treat them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HopByHop {
+    /// None: the sanitizer would change nothing.
+    Absent,
+    /// A lone `Connection: keep-alive`: the sanitizer would remove only that field.
+    KeepAlive,
+    /// Anything else: the sanitizer runs.
+    Other,
+}
+
+/// Classifies a head's hop-by-hop fields in one pass over its names. Pingora's default
+/// upstream policy strips them with a dozen lookups of names parsed from `&str`, about
+/// 3k instructions per request, almost always to remove nothing: where this says it
+/// would change nothing (or only drop `Connection: keep-alive`), Weir gives the peer
+/// pingora's `preserve` policy and removes the `Connection` field itself. The names
+/// are those of pingora's `strip_standard_hop_by_hop_headers`. `Connection` also
+/// removes the fields it names; `keep-alive` names one of the list, so a head with a
+/// lone `Connection: keep-alive` has no other field to lose.
+fn hop_by_hop(h: &http::HeaderMap) -> HopByHop {
+    let mut found = HopByHop::Absent;
+    for (name, value) in h {
+        match name.as_str() {
+            "connection"
+                if found == HopByHop::Absent
+                    && value.as_bytes().eq_ignore_ascii_case(b"keep-alive") =>
+            {
+                found = HopByHop::KeepAlive
+            }
+            "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings" => return HopByHop::Other,
+            _ => {}
+        }
+    }
+    found
+}
+
 fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
@@ -399,6 +448,7 @@ impl ProxyHttp for WeirProxy {
             body_seen: false,
             response_body: false,
             response_held: None,
+            drop_connection: false,
         })
     }
 
@@ -591,7 +641,7 @@ impl ProxyHttp for WeirProxy {
         let Some(up) = upstream_of(ctx.snapshot.as_deref(), ctx.route) else {
             return Err(Error::explain(InternalError, "route without upstream"));
         };
-        let ip_bytes;
+        let mut ip_bytes = [0u8; 16];
         let key: &[u8] = {
             let req = session.req_header();
             match up
@@ -599,14 +649,18 @@ impl ProxyHttp for WeirProxy {
                 .and_then(|h| h.key(req.uri.path(), &req.headers))
             {
                 Some(k) => k,
-                None => {
-                    ip_bytes = match ctx.client_ip {
-                        Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
-                        Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
-                        None => Ipv4Addr::UNSPECIFIED.octets().to_vec(),
-                    };
-                    &ip_bytes
-                }
+                None => match ctx.client_ip {
+                    Some(IpAddr::V6(v6)) => {
+                        ip_bytes = v6.octets();
+                        &ip_bytes
+                    }
+                    Some(IpAddr::V4(v4)) => {
+                        ip_bytes[..4].copy_from_slice(&v4.octets());
+                        &ip_bytes[..4]
+                    }
+                    // 0.0.0.0, as the address of a client without one.
+                    None => &[0; 4],
+                },
             }
         };
         let i = match up.select(key, ctx.tried) {
@@ -634,7 +688,13 @@ impl ProxyHttp for WeirProxy {
         ctx.inflight = Some(up.start_request(i));
         ctx.upstream_start = Some(Instant::now());
 
-        Ok(Box::new(up.peer(i)))
+        let mut peer = Box::new(up.peer(i));
+        let hop = hop_by_hop(&session.req_header().headers);
+        if hop != HopByHop::Other {
+            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        }
+        ctx.drop_connection = hop == HopByHop::KeepAlive;
+        Ok(peer)
     }
 
     /// Rewrites the path and applies the route's header edits.
@@ -644,6 +704,9 @@ impl ProxyHttp for WeirProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if ctx.drop_connection {
+            upstream_request.remove_header(&CONNECTION);
+        }
         let Some(snap) = ctx.snapshot.as_deref() else {
             return Ok(());
         };
@@ -1112,5 +1175,49 @@ mod tests {
             "0123456789abcdef0000000000000029"
         );
         assert_eq!(request_id(u64::MAX, 0), "ffffffffffffffff0000000000000000");
+    }
+
+    fn head(fields: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in fields {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_told_apart() {
+        use HopByHop::*;
+        let plain = [("host", "a"), ("accept", "*/*"), ("x-te", "1")];
+        assert_eq!(hop_by_hop(&head(&plain)), Absent);
+        assert_eq!(
+            hop_by_hop(&head(&[("connection", "keep-alive")])),
+            KeepAlive
+        );
+        assert_eq!(
+            hop_by_hop(&head(&[("connection", "Keep-Alive")])),
+            KeepAlive
+        );
+        for (name, value) in [
+            ("connection", "close"),
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("http2-settings", "AAA"),
+        ] {
+            let h = head(&[("host", "a"), (name, value)]);
+            assert_eq!(hop_by_hop(&h), Other, "{name}: {value}");
+        }
+        // keep-alive alone is the fast case only once and alone.
+        let twice = [("connection", "keep-alive"), ("connection", "keep-alive")];
+        assert_eq!(hop_by_hop(&head(&twice)), Other);
+        let with_te = [("connection", "keep-alive"), ("te", "trailers")];
+        assert_eq!(hop_by_hop(&head(&with_te)), Other);
     }
 }

@@ -270,6 +270,50 @@ fn forwarding_headers_extend_trusted_chain() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 }
 
+/// Hop-by-hop fields stop at the gateway: those RFC 9110 lists, and those a `Connection`
+/// field names. Weir lets pingora's sanitizer run only when a head has such a field
+/// other than a lone `Connection: keep-alive`; either way the upstream gets the same.
+#[test]
+fn hop_by_hop_fields_stop_at_the_gateway() {
+    let (w, up) = setup();
+    let hop_by_hop = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-named",
+    ];
+    let cases: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("Connection", "keep-alive")],
+        &[("Connection", "Keep-Alive, X-Named"), ("X-Named", "n")],
+        &[
+            ("Proxy-Authorization", "Basic eDp5"),
+            ("TE", "trailers"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Trailer", "x-sum"),
+        ],
+        &[("Connection", "keep-alive"), ("Upgrade", "h2c")],
+    ];
+    for fields in cases {
+        let mut req = Req::get("/up").header("X-Kept", "k");
+        for (k, v) in fields {
+            req = req.header(k, v);
+        }
+        let r = req.send(w.addr).unwrap();
+        assert_eq!(r.status, 200, "{fields:?}");
+        let seen = up.last().unwrap();
+        assert_eq!(seen.header("x-kept"), Some("k"), "{fields:?}");
+        for name in hop_by_hop {
+            assert_eq!(seen.header(name), None, "{name} forwarded for {fields:?}");
+        }
+    }
+}
+
 /// Header names written by the client, the upstream, the gateway and route edits, as
 /// each peer sees them on the wire; and what `preserve_header_case` leaves alone.
 #[test]
