@@ -495,6 +495,28 @@ class Variant:
     plugin: bool = False  # also compared with plain weir
 
 
+def start_echo_upstream(procs: Procs, bins: dict[str, Path], pin: Pinning,
+                        tmp: Path) -> tuple[Proc, int]:
+    """weir-load's echo upstream on the client's CPU, on a free port; its process and port."""
+    up_log = tmp / "upstream.log"
+    upstream = procs.start(
+        "echo-upstream",
+        pin.prefix(pin.client_cpu) + [str(bins["weir-load"]), "upstream", "--listen", "127.0.0.1:0",
+                                      "--body-size", str(BODY_SIZE)],
+        up_log)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", up_log.read_text(errors="replace"))
+        if m:
+            port = int(m.group(1))
+            wait_ready(upstream, port)
+            return upstream, port
+        if not upstream.alive():
+            break
+        time.sleep(0.05)
+    raise Fatal(f"the echo upstream did not start:\n{upstream.log_tail()}")
+
+
 def start_with_retry(ctx: Ctx, name: str, make: Callable[[int], tuple[list[str], int]],
                      check=None, stop_signal=signal.SIGTERM,
                      headers: dict[str, str] | None = None) -> Server:
@@ -1278,26 +1300,11 @@ def main(argv: list[str]) -> int:
         }
 
         # The echo upstream, then each variant.
-        up_log = tmp / "upstream.log"
-        upstream = procs.start(
-            "echo-upstream",
-            pin.prefix(pin.client_cpu) + [str(bins["weir-load"]), "upstream", "--listen", "127.0.0.1:0",
-                                          "--body-size", str(BODY_SIZE)],
-            up_log)
-        deadline = time.monotonic() + READY_TIMEOUT
-        up_port = None
-        while time.monotonic() < deadline and up_port is None:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", up_log.read_text(errors="replace"))
-            if m:
-                up_port = int(m.group(1))
-            elif not upstream.alive():
-                break
-            else:
-                time.sleep(0.05)
-        if up_port is None:
+        try:
+            upstream, up_port = start_echo_upstream(procs, bins, pin, tmp)
+        except Fatal:
             start_failed = True
-            raise Fatal(f"the echo upstream did not start:\n{upstream.log_tail()}")
-        wait_ready(upstream, up_port)
+            raise
         log(f"echo upstream on 127.0.0.1:{up_port} (pid {upstream.pid})")
 
         ctx = Ctx(tmp, bins, pin, procs, up_port, upstream, nginx, lua_modules)
