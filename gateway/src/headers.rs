@@ -60,12 +60,15 @@ pub trait Head {
 /// `Content-Type`), as Envoy does by default and as HTTP/2 always does. Later writes to
 /// the head (plugins, route edits) then skip the case map too. With nothing to write,
 /// the record is still dropped. `room` is how many more headers later writes are
-/// expected to add: reserved now, so the map grows (rehashes) once.
+/// expected to add: reserved now, so the map grows (rehashes) once. `then` gets the map
+/// after the gateway's headers, for more writes in the same pass; it is not called
+/// when `keep_case` (there is no map to give).
 pub fn write<H: Head, const N: usize>(
     head: &mut H,
     keep_case: bool,
     headers: [Option<(HeaderName, HeaderValue)>; N],
     room: usize,
+    then: impl FnOnce(&mut HeaderMap),
 ) -> Result<()> {
     if keep_case {
         for (name, value) in headers.into_iter().flatten() {
@@ -77,6 +80,7 @@ pub fn write<H: Head, const N: usize>(
             for (name, value) in headers.into_iter().flatten() {
                 map.insert(name, value);
             }
+            then(map);
         });
     }
     Ok(())

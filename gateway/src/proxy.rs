@@ -539,6 +539,7 @@ impl ProxyHttp for WeirProxy {
             keep_case,
             [id, xff, proto, fhost],
             room,
+            |_| {},
         )?;
         if !route.plugins.is_empty() {
             let info = RequestInfo {
@@ -880,11 +881,15 @@ impl ProxyHttp for WeirProxy {
             .is_some_and(|s| s.config.server.preserve_header_case);
         let id = Some((X_REQUEST_ID_NAME, ctx.request_id.clone()));
         let room = PLUGIN_HEADER_ROOM * ctx.plugins.len() + ctx.response_edits.len();
-        headers::write(upstream_response, keep_case, [id], room)?;
-        // What plugins wrote to the response before there was one, before any of
-        // their response hooks.
-        if !ctx.response_edits.is_empty() {
-            ctx.response_edits.apply(upstream_response);
+        // What plugins wrote to the response before there was one goes in with it, in
+        // the same pass over the map, before any of their response hooks; with
+        // `preserve_header_case`, through pingora's cased writes after it.
+        let edits = &mut ctx.response_edits;
+        headers::write(upstream_response, keep_case, [id], room, |map| {
+            edits.apply_to_map(map)
+        })?;
+        if !edits.is_empty() {
+            edits.apply(upstream_response);
         }
         // Plugins see the response in reverse chain order, as in Envoy.
         if let Some(info) = &ctx.plugin_info {

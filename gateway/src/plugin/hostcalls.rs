@@ -270,16 +270,16 @@ const MAX_HEADERS: usize = 4096;
 
 /// Applies one header write; the request's `:path` and `:method` are writable.
 fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) -> Status {
-    let key = key.to_ascii_lowercase();
-    if protected(&key) {
-        return Status::BadArgument;
-    }
     // A value with CR, LF or NUL is refused by the parse of each path below: `http`'s
     // `HeaderValue`, `Uri` and `Method` take none of them.
     // Weir's extension: response headers written before there is a response are
     // queued and land on the response, whichever it is (`ResponseEdits`).
     if st.scope.phase == Some(Phase::RequestHeaders) && map == abi::MAP_RESPONSE_HEADERS {
         return queue_response_edit(st, key, value, edit);
+    }
+    let key = key.to_ascii_lowercase();
+    if protected(&key) {
+        return Status::BadArgument;
     }
     let writable = matches!(
         (st.scope.phase, map),
@@ -359,57 +359,25 @@ fn map_edit(st: &mut HostState, map: i32, key: &[u8], value: &[u8], edit: Edit) 
 }
 
 /// Queues a response-header write made during the request headers (see `map_edit`).
-fn queue_response_edit(st: &mut HostState, key: Vec<u8>, value: &[u8], edit: Edit) -> Status {
-    if !is_token(&key) {
+fn queue_response_edit(st: &mut HostState, key: &[u8], value: &[u8], edit: Edit) -> Status {
+    // Parsed once, here (lower-cased, a token or refused), and written to the response
+    // as is.
+    let Ok(name) = HeaderName::from_bytes(key) else {
+        return Status::BadArgument;
+    };
+    if protected(name.as_str().as_bytes()) {
         return Status::BadArgument;
     }
     // A removal has an empty value.
     let Ok(value) = HeaderValue::from_bytes(value) else {
         return Status::BadArgument;
     };
-    match st
-        .response_edits_mut()
-        .map(|q| q.push(edit, key.into(), value))
-    {
+    match st.response_edits_mut().map(|q| q.push(edit, name, value)) {
         Some(true) => Status::Ok,
         Some(false) => Status::BadArgument,
         None => Status::NotFound,
     }
 }
-
-/// A header name as `http` accepts it: one or more RFC 9110 token characters.
-fn is_token(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&c| TCHAR[usize::from(c)])
-}
-
-/// Whether each byte is an RFC 9110 `tchar`: one lookup per byte of a name.
-const TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        i += 1;
-    }
-    t
-};
 
 /// A property's name from its ABI path: the path's segments are NUL-separated,
 /// properties are named with dots. Short paths (all of them in practice) are rewritten
@@ -1282,12 +1250,15 @@ pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> wasmti
 
 #[cfg(test)]
 mod tests {
-    use super::is_token;
+    use http::HeaderName;
 
+    /// Queued response-header names are parsed by `http` alone (`queue_response_edit`):
+    /// it must take RFC 9110 tokens, in any case, and nothing else.
     #[test]
     fn header_names_queued_for_the_response_are_tokens() {
-        for ok in [&b"x-rate"[..], b"ratelimit-limit", b"a!#$%&'*+-.^_`|~9"] {
-            assert!(is_token(ok), "{}", String::from_utf8_lossy(ok));
+        for ok in [&b"x-rate"[..], b"RateLimit-Limit", b"a!#$%&'*+-.^_`|~9"] {
+            let name = HeaderName::from_bytes(ok);
+            assert!(name.is_ok(), "{}", String::from_utf8_lossy(ok));
         }
         for bad in [
             &b""[..],
@@ -1297,8 +1268,10 @@ mod tests {
             b"x\r\n",
             b"caf\xc3\xa9",
             b"a\"b",
+            b"a(b",
         ] {
-            assert!(!is_token(bad), "{}", String::from_utf8_lossy(bad));
+            let name = HeaderName::from_bytes(bad);
+            assert!(name.is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{StoreLimits, TypedFunc};
 
@@ -135,7 +134,7 @@ pub enum Edit {
 /// or the one Weir answers itself. A policy that knows
 /// its response headers early (rate-limit's counts) then needs no response hook.
 #[derive(Debug, Default)]
-pub struct ResponseEdits(Vec<(Edit, Bytes, HeaderValue)>);
+pub struct ResponseEdits(Vec<(Edit, HeaderName, HeaderValue)>);
 
 impl ResponseEdits {
     /// Most writes one request may queue; a plugin queueing more gets `BadArgument`.
@@ -153,10 +152,10 @@ impl ResponseEdits {
         self.0.is_empty()
     }
 
-    /// Queues a write of a lower-case header `name` that is a valid token (checked by
-    /// the caller; `value` is unused by a removal); `false` (and nothing queued) once
-    /// [`Self::MAX`] are queued.
-    pub fn push(&mut self, edit: Edit, name: Bytes, value: HeaderValue) -> bool {
+    /// Queues a write (`value` is unused by a removal); `false` (and nothing queued)
+    /// once [`Self::MAX`] are queued. The name is parsed once, here: applied to a
+    /// header map, it goes in as is.
+    pub fn push(&mut self, edit: Edit, name: HeaderName, value: HeaderValue) -> bool {
         if self.0.len() >= Self::MAX {
             return false;
         }
@@ -164,17 +163,42 @@ impl ResponseEdits {
         true
     }
 
-    /// Applies the queued writes to `head` (the response), in order, and forgets them.
-    pub fn apply(&mut self, head: &mut ResponseHeader) {
-        use crate::headers::EditableHead;
+    /// Applies the queued writes to a response's header map, in order, and forgets
+    /// them.
+    pub fn apply_to_map(&mut self, map: &mut HeaderMap) {
         for (edit, name, value) in self.0.drain(..) {
             let r = match edit {
-                Edit::Replace => head.insert(name, value),
-                Edit::Add => head.append(name, value),
+                Edit::Replace => map.try_insert(name, value).map(drop),
+                Edit::Add => map.try_append(name, value).map(drop),
                 Edit::Remove => {
-                    if let Ok(name) = HeaderName::from_bytes(&name) {
-                        head.remove(&name);
-                    }
+                    map.remove(&name);
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a plugin's response header was not written");
+            }
+        }
+    }
+
+    /// Applies the queued writes to `head`, in order, and forgets them: straight to its
+    /// map when it keeps no record of header-name case (Weir's own answers; any head
+    /// unless `preserve_header_case`), through pingora's cased writes otherwise.
+    pub fn apply(&mut self, head: &mut ResponseHeader) {
+        use crate::headers::Head;
+        if !head.has_case() {
+            head.edit_map(|map| self.apply_to_map(map));
+            return;
+        }
+        for (edit, name, value) in self.0.drain(..) {
+            // The name's bytes (lower case) are its wire case, as a plugin wrote it.
+            let r = match edit {
+                Edit::Replace => head.insert_header(name.as_str().to_owned(), value),
+                Edit::Add => head
+                    .append_header(name.as_str().to_owned(), value)
+                    .map(drop),
+                Edit::Remove => {
+                    head.remove_header(&name);
                     Ok(())
                 }
             };
@@ -277,31 +301,48 @@ mod tests {
 
     #[test]
     fn response_edits_apply_in_order_and_stop_at_their_cap() {
-        let mut q = ResponseEdits::new();
-        assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("1")));
-        assert!(q.push(Edit::Add, Bytes::from_static(b"x-a"), value("2")));
-        assert!(q.push(Edit::Replace, Bytes::from_static(b"x-b"), value("new")));
-        assert!(q.push(Edit::Remove, Bytes::from_static(b"x-c"), value("")));
-        let mut head = ResponseHeader::build_no_case(200, None).unwrap();
-        head.insert_header("x-b", "old").unwrap();
-        head.insert_header("x-c", "gone").unwrap();
-        q.apply(&mut head);
-        assert!(q.is_empty());
-        let all = |n: &str| -> Vec<&[u8]> {
+        let name = HeaderName::from_static;
+        let all = |head: &ResponseHeader, n: &str| -> Vec<Vec<u8>> {
             head.headers
                 .get_all(n)
                 .iter()
-                .map(|v| v.as_bytes())
+                .map(|v| v.as_bytes().to_vec())
                 .collect()
         };
-        assert_eq!(all("x-a"), [b"1", b"2"]);
-        assert_eq!(all("x-b"), [b"new"]);
-        assert!(all("x-c").is_empty());
-
-        for _ in 0..ResponseEdits::MAX {
-            assert!(q.push(Edit::Add, Bytes::from_static(b"x-n"), value("1")));
+        // A head without a record of header-name case (written to through its map), and
+        // one with (through pingora's cased writes): the same headers either way.
+        for cased in [false, true] {
+            let mut q = ResponseEdits::new();
+            assert!(q.push(Edit::Add, name("x-a"), value("1")));
+            assert!(q.push(Edit::Add, name("x-a"), value("2")));
+            assert!(q.push(Edit::Replace, name("x-b"), value("new")));
+            assert!(q.push(Edit::Remove, name("x-c"), value("")));
+            let mut head = if cased {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            head.insert_header("x-b", "old").unwrap();
+            head.insert_header("x-c", "gone").unwrap();
+            q.apply(&mut head);
+            assert!(q.is_empty());
+            assert_eq!(head.has_case(), cased);
+            assert_eq!(all(&head, "x-a"), [b"1", b"2"], "cased: {cased}");
+            assert_eq!(all(&head, "x-b"), [b"new"], "cased: {cased}");
+            assert!(all(&head, "x-c").is_empty(), "cased: {cased}");
+            if cased {
+                let mut wire = bytes::BytesMut::new();
+                head.header_to_h1_wire(&mut wire);
+                let wire = String::from_utf8_lossy(&wire);
+                assert!(wire.contains("x-a: 1\r\n"), "{wire}");
+            }
         }
-        assert!(!q.push(Edit::Add, Bytes::from_static(b"x-n"), value("1")));
+
+        let mut q = ResponseEdits::new();
+        for _ in 0..ResponseEdits::MAX {
+            assert!(q.push(Edit::Add, name("x-n"), value("1")));
+        }
+        assert!(!q.push(Edit::Add, name("x-n"), value("1")));
         assert_eq!(q.len(), ResponseEdits::MAX);
     }
 }
