@@ -79,7 +79,8 @@ pub struct Target {
     active_ok: AtomicU32,
     active_fail: AtomicU32,
     passive_fail: AtomicU32,
-    /// Milliseconds since the process epoch until which the target is ejected.
+    /// Milliseconds since the process epoch until which the target is ejected; 0 when
+    /// it is not (set back once an ejection is seen over, see [`Self::is_ejected`]).
     ejected_until: AtomicU64,
     inflight: AtomicUsize,
     next_check: AtomicU64,
@@ -105,12 +106,24 @@ impl Target {
 
     /// Usable now: passing active checks and not passively ejected.
     pub fn is_healthy(&self) -> bool {
-        self.active_healthy.load(Ordering::Relaxed)
-            && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+        self.active_healthy.load(Ordering::Relaxed) && !self.is_ejected()
     }
 
+    /// Passively ejected now. A target that is not (the usual case) costs no clock
+    /// read: this runs for every target considered for every request.
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now_ms() {
+            return true;
+        }
+        // Over: back to 0, unless a new ejection was stored meanwhile.
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     pub fn passes_active_checks(&self) -> bool {
@@ -511,6 +524,21 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(u.select(b"", 0), Ok(1));
         }
+    }
+
+    #[test]
+    fn an_ejection_ends_when_its_time_is_up() {
+        let mut u = upstream(LbKind::RoundRobin, &[1, 1]);
+        u.config.passive.max_failures = 1;
+        u.config.passive.eject_for = crate::config::Dur::millis(500);
+        assert!(u.report_failure(0));
+        assert!(u.targets[0].is_ejected() && !u.targets[0].is_healthy());
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!u.targets[0].is_ejected() && u.targets[0].is_healthy());
+        // Seen over, the ejection is cleared, and the next one counts afresh.
+        assert_eq!(u.targets[0].ejected_until.load(Ordering::Relaxed), 0);
+        assert!(u.report_failure(0));
+        assert!(u.targets[0].is_ejected());
     }
 
     #[test]
