@@ -213,7 +213,6 @@ fn has_ambiguous_framing(session: &Session) -> bool {
         .unwrap_or(false)
 }
 
-/// Bytes of header names and values (what limits are measured in; separators excluded).
 /// A request head's hop-by-hop fields, as pingora's upstream sanitizer
 /// (`sanitize_h1_upstream_request`) would treat them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -260,6 +259,7 @@ fn hop_by_hop(h: &http::HeaderMap) -> HopByHop {
     found
 }
 
+/// Bytes of header names and values (what limits are measured in; separators excluded).
 fn header_bytes(h: &http::HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
