@@ -48,6 +48,11 @@ import compare  # noqa: E402  (the harness this one shares its variants with)
 from compare import Fatal, log  # noqa: E402
 
 DEFAULT_PAIRS = "weir/pingora-baseline,weir-1-plugin/weir,weir-3-plugins/weir,weir/weir"
+# The throughput targets of issues 2 and 3 that are ratios of two variants.
+TARGETS = {"weir/pingora-baseline": 0.95, "weir/nginx": 0.6, "weir-1-plugin/weir": 0.9,
+           "weir-3-plugins/weir": 0.8}
+# How far two runs of the same code may differ (BENCHMARKS.md, "Paired runs").
+ERROR = 0.02
 
 
 def run_ns(pid: int) -> int:
@@ -225,6 +230,23 @@ def main(argv: list[str]) -> int:
             summary[name] = {"cpu_ratio": c, "rps_ratio": r, "cpu_us_per_req": [ua, ub]}
             print(f"| {name} | {c['median']:.3f}x ({c['q1']:.3f}–{c['q3']:.3f}; {c['min']:.3f}–{c['max']:.3f}) "
                   f"| {r['median']:.3f}x | {ua:.1f} / {ub:.1f} | {busy_txt} |")
+        lines = []
+        for name in results:
+            goal = TARGETS.get(name)
+            if goal is None:
+                continue
+            c = summary[name]["cpu_ratio"]
+            x = c["median"]
+            if abs(x - goal) <= ERROR * goal:
+                how = f"within the method's ±{ERROR:.0%} of it: at the line"
+            elif x > goal:
+                how = "met"
+            else:
+                how = f"missed by {(goal - x) / goal:.0%}"
+            lines.append(f"- {name} ≥ {goal}x — {x:.3f}x (IQR {c['q1']:.3f}–{c['q3']:.3f}): {how}")
+        if lines:
+            print("\nAgainst the targets:\n")
+            print("\n".join(lines))
         if args.json:
             args.json.write_text(json.dumps({"args": vars(args) | {"bin_dir": str(args.bin_dir),
                                                                     "json": str(args.json)},
