@@ -7,6 +7,7 @@ and go, and ratios of 5% drown).
     python3 benches/paired.py --no-build                  # the default pairs, 15 windows
     python3 benches/paired.py --no-build --pairs weir/pingora-baseline --windows 30
     python3 benches/paired.py --no-build --pairs weir/weir   # A/A: how much the method errs
+    python3 benches/paired.py --smoke                     # CI: one short window, debug build
 
 For a pair A/B, both proxies run pinned to the same CPU (the first), each loaded by its
 own wrk (closed loop, `--connections` connections) on the second CPU for the same
@@ -151,10 +152,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--window", type=compare.parse_duration, default=3.0,
                     help="length of a window, whole seconds (default 3s)")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections per proxy (default 50)")
-    ap.add_argument("--bin-dir", type=Path, default=compare.REPO / "target" / "release")
+    ap.add_argument("--bin-dir", type=Path, default=None,
+                    help="where the binaries are (default $CARGO_TARGET_DIR or target, "
+                         "then release; debug with --smoke)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI: one 1 s window per pair, debug build; shows the script works, "
+                         "the numbers mean nothing")
     ap.add_argument("--json", type=Path, help="write every window's numbers as JSON here")
     args = ap.parse_args(argv)
+    if args.bin_dir is None:
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or compare.REPO / "target")
+        args.bin_dir = target / ("debug" if args.smoke else "release")
+    if args.smoke:
+        args.windows, args.window = 1, 1.0
     known = {v.key: v for v in compare.VARIANTS}
     pairs = []
     for p in args.pairs.split(","):
@@ -178,7 +189,7 @@ def main(argv: list[str]) -> int:
         signal.signal(s, on_signal)
     try:
         if not args.no_build:
-            compare.build(smoke=False)
+            compare.build(smoke=args.smoke)
         want_lua = any(known[k].needs_lua for pair in pairs for k in pair)
         for problem in compare.ensure_tools(want_lua):
             log(problem)
@@ -244,7 +255,10 @@ def main(argv: list[str]) -> int:
             else:
                 how = f"missed by {(goal - x) / goal:.0%}"
             lines.append(f"- {name} ≥ {goal}x — {x:.3f}x (IQR {c['q1']:.3f}–{c['q3']:.3f}): {how}")
-        if lines:
+        if args.smoke:
+            print("\nSmoke run (--smoke): one short window of a debug build; it shows the "
+                  "script works, the numbers mean nothing.")
+        elif lines:
             print("\nAgainst the targets:\n")
             print("\n".join(lines))
         if args.json:
