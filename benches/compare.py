@@ -1018,7 +1018,7 @@ def targets_lines(summary: dict, rates: list[float]) -> list[str]:
         lo, hi = s["min"], s["max"]
         if s["n"] > 1:
             if (lo >= goal) if higher else (hi <= goal):
-                out += " in every round"
+                out += ", in every round"
             elif (hi < goal) if higher else (lo > goal):
                 out += ", in every round"
             else:
