@@ -87,6 +87,8 @@ def window(pin: compare.Pinning, a: Side, b: Side, connections: int, secs: int,
     for s in (a, b):
         if not s.server.proc.alive():
             raise Fatal(f"{s.key} died:\n{s.server.proc.log_tail()}")
+        if s.server.truncate and s.server.truncate.exists():
+            os.truncate(s.server.truncate, 0)  # an access log would otherwise grow by GBs
     c0 = [run_ns(s.server.proc.pid) for s in (a, b)]
     busy0, t0 = compare.cpu_busy_secs(pin.proxy_cpu), time.monotonic()
     # Started in turns (`first`), so that neither side always gets the head start.
@@ -112,8 +114,8 @@ def window(pin: compare.Pinning, a: Side, b: Side, connections: int, secs: int,
     res = {}
     for s, r, x0, x1 in zip((a, b), outs, c0, c1):
         failed = r["errors"] + r["non_2xx_3xx"]
-        if failed:
-            raise Fatal(f"{s.key}: {failed} failed requests in the window")
+        if failed or not r["requests"]:
+            raise Fatal(f"{s.key}: {failed} failed requests, {r['requests']} in all, in the window")
         res[s.key] = {"requests": r["requests"], "rps": r["throughput_rps"],
                       "cpu_us_per_req": (x1 - x0) / 1e3 / r["requests"]}
     ra, rb = res[a.key], res[b.key]
