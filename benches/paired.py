@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the harness this one shares its variants with)
 from compare import Fatal, log  # noqa: E402
 
-DEFAULT_PAIRS = "weir/pingora-baseline,weir-1-plugin/weir,weir-3-plugins/weir,weir/weir"
+DEFAULT_PAIRS = "weir/pingora-baseline,weir-1-plugin/weir,weir-3-plugins/weir,weir-log/weir,weir/weir"
 # The throughput targets of issues 2 and 3 that are ratios of two variants.
 TARGETS = {"weir/pingora-baseline": 0.95, "weir/nginx": 0.6, "weir-1-plugin/weir": 0.9,
            "weir-3-plugins/weir": 0.8}
