@@ -205,7 +205,7 @@ impl SharedData {
     }
 
     /// Keys by plugin name.
-    pub fn key_counts(&self) -> Vec<(Arc<str>, usize)> {
+    fn key_counts(&self) -> Vec<(Arc<str>, usize)> {
         self.map.read().counts()
     }
 
